@@ -1,0 +1,1 @@
+"""Prepared datasets: schema, readers, target samples, simulator and batches."""

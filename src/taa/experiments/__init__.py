@@ -1,0 +1,1 @@
+"""The demo, experiment grids, plots and reports."""

@@ -1,0 +1,1 @@
+"""Reusable blocks: embeddings, MLPs, experts and gates, towers, critics."""
