@@ -1,0 +1,149 @@
+"""Honest evaluation: score every row of a split, then compute each metric once over all rows.
+
+Predictions are collected batch by batch under ``torch.inference_mode`` and concatenated;
+AUC, log-loss and group AUC are computed on the whole split (see :mod:`taa.train.metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from taa.data.batches import TensorSplit, epoch_slices, load_split
+from taa.data.schema import Schema
+from taa.errors import DataError
+from taa.io import atomic_write_json
+from taa.models.base import MultiTaskModel
+from taa.train.checkpoint import check_schema, load_checkpoint
+from taa.train.config import EvaluateConfig
+from taa.train.metrics import task_metrics
+from taa.train.runtime import apply_threads, autocast, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+def fetch(split: TensorSplit, index: torch.Tensor, device: torch.device) -> Any:
+    """Rows ``index`` of ``split`` as a :class:`~taa.data.batches.Batch` on ``device``."""
+    index = index.to(split.categorical.device, non_blocking=True)
+    return split.take(index).to(device, non_blocking=True)
+
+
+def collect_outputs(
+    model: MultiTaskModel,
+    split: TensorSplit,
+    *,
+    device: torch.device,
+    batch_size: int = 8192,
+    precision: str = "fp32",
+    with_features: bool = False,
+) -> tuple[np.ndarray, list[torch.Tensor] | None]:
+    """Probabilities of every row of ``split``, and optionally every task's features.
+
+    The model is put in eval mode and run under ``torch.inference_mode``; each batch's
+    outputs stay on the device and are copied to the host once, at the end.
+
+    Returns:
+        probabilities ``[R, T]`` (float64 NumPy) and, with ``with_features``, one float32
+        tensor ``[R, D]`` per task (on ``device``).
+    """
+    model.eval()
+    probabilities: list[torch.Tensor] = []
+    features: list[list[torch.Tensor]] = [[] for _ in range(model.num_tasks)]
+    with torch.inference_mode():
+        for start, stop in epoch_slices(len(split), batch_size, training=False):
+            batch = split.slice(start, stop).to(device, non_blocking=True)
+            with autocast(device, precision):
+                output = model(batch.categorical, batch.numerical)
+            probabilities.append(output.probabilities.float())
+            if with_features:
+                for task, feature in enumerate(output.features):
+                    features[task].append(feature.float())
+    if not probabilities:
+        raise DataError("cannot score an empty split (0 rows)")
+    stacked = torch.cat(probabilities).cpu().numpy().astype(np.float64)
+    if not with_features:
+        return stacked, None
+    return stacked, [torch.cat(pieces) for pieces in features]
+
+
+def evaluate_model(
+    model: MultiTaskModel,
+    split: TensorSplit,
+    tasks: tuple[str, ...] | list[str],
+    *,
+    device: torch.device,
+    batch_size: int = 8192,
+    precision: str = "fp32",
+    where: str = "",
+    warn: bool = True,
+) -> dict[str, dict[str, float | int]]:
+    """Per task ``auc``, ``logloss``, ``gauc``, ``rows``, ``positives`` of ``model`` on ``split``.
+
+    A task whose labels are all one class gets ``nan`` AUC and an
+    :class:`~taa.errors.UndefinedMetricWarning` naming the task (when ``warn``).
+    """
+    probabilities, _ = collect_outputs(
+        model, split, device=device, batch_size=batch_size, precision=precision
+    )
+    return task_metrics(
+        split.labels.numpy(), probabilities, split.groups.numpy(), tasks, where=where, warn=warn
+    )
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on one split of a prepared dataset (``taa evaluate``).
+
+    Returns:
+        ``{"checkpoint", "model", "domain", "split", "tasks": {task: {"auc", "logloss",
+        "gauc", "rows", "positives"}}}``; also written to ``config.output`` if given.
+
+    Raises:
+        SchemaMismatchError: the checkpoint was trained on another schema.
+    """
+    apply_threads(config.threads)
+    device = resolve_device(config.device)
+    schema = Schema.load(config.dataset)
+    model, metadata = load_checkpoint(config.checkpoint, map_location=device)
+    check_schema(metadata, schema, checkpoint=config.checkpoint, dataset=config.dataset)
+    split = load_split(config.dataset, config.domain, config.split, schema)
+    logger.info(
+        "evaluating %s on %s/%s (%d rows)",
+        config.checkpoint,
+        config.domain,
+        config.split,
+        len(split),
+    )
+    tasks = evaluate_model(
+        model,
+        split,
+        schema.tasks,
+        device=device,
+        batch_size=config.batch_size,
+        precision=config.precision,
+        where=f"{config.domain}/{config.split}",
+    )
+    result = {
+        "checkpoint": str(config.checkpoint),
+        "model": metadata["model_name"],
+        "domain": config.domain,
+        "split": config.split,
+        "tasks": tasks,
+    }
+    if config.output is not None:
+        atomic_write_json(config.output, result)
+        logger.info("metrics written to %s", config.output)
+    return result
+
+
+def selection_score(valid: dict[str, dict[str, float | int]]) -> float:
+    """The number early stopping maximises: the mean validation AUC over tasks where it is
+    defined; when no task has a defined AUC, minus the mean log-loss.
+    """
+    aucs = [float(item["auc"]) for item in valid.values() if np.isfinite(item["auc"])]
+    if aucs:
+        return float(np.mean(aucs))
+    losses = [float(item["logloss"]) for item in valid.values()]
+    return -float(np.mean(losses)) if losses else float("nan")

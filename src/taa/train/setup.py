@@ -1,0 +1,119 @@
+"""Pieces shared by ``pretrain`` and ``adapt``: data placement, optimizers, final scores."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from taa.data.batches import TensorSplit, load_split
+from taa.data.schema import Schema
+from taa.errors import ConfigError, DataError
+from taa.models.base import ModelOutput, MultiTaskModel
+from taa.train.checkpoint import load_checkpoint
+from taa.train.config import RunOptions
+from taa.train.evaluate import evaluate_model
+from taa.train.runs import RunFolder
+
+logger = logging.getLogger(__name__)
+
+#: Splits up to this size are copied to the GPU once, so a step indexes on the device.
+DEVICE_RESIDENT_BYTES = 2 * 1024**3
+
+
+def split_bytes(split: TensorSplit) -> int:
+    tensors = (split.categorical, split.numerical, split.labels, split.groups)
+    return sum(item.numel() * item.element_size() for item in tensors)
+
+
+def place(split: TensorSplit, device: torch.device) -> TensorSplit:
+    """``split`` on ``device`` when it is a GPU and the split is small enough, else as is.
+
+    A large split stays in host memory and each batch is copied when it is drawn.
+    """
+    if device.type == "cpu" or split_bytes(split) > DEVICE_RESIDENT_BYTES:
+        return split
+    moved = split.to(device)
+    return TensorSplit(moved.categorical, moved.numerical, moved.labels, moved.groups)
+
+
+def require_rows(split: TensorSplit, minimum: int, where: str, fix: str) -> None:
+    if len(split) < minimum:
+        raise DataError(f"{where} has {len(split)} rows; at least {minimum} are needed; {fix}")
+
+
+def require_labels(split: TensorSplit, where: str) -> None:
+    if torch.isnan(split.labels).any():
+        raise DataError(
+            f"{where} has rows without task labels; training and validation need labelled "
+            "rows (re-run `taa prepare` on a labelled file)"
+        )
+
+
+def task_weight_tensor(options: RunOptions, tasks: tuple[str, ...]) -> torch.Tensor:
+    """``--task-weights`` as a ``[T]`` tensor; all ones when empty."""
+    if not options.task_weights:
+        return torch.ones(len(tasks))
+    if len(options.task_weights) != len(tasks):
+        raise ConfigError(
+            f"option --task-weights got {len(options.task_weights)} weights "
+            f"{list(options.task_weights)} for {len(tasks)} tasks {list(tasks)}; give one "
+            "weight per task, in task order"
+        )
+    return torch.tensor(options.task_weights, dtype=torch.float32)
+
+
+def adam(parameters: Any, lr: float, weight_decay: float = 0.0, **kwargs: Any) -> torch.optim.Adam:
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def compiled(model: MultiTaskModel, enabled: bool) -> Any:
+    """``torch.compile(model)`` when asked; the uncompiled model is what gets saved."""
+    if not enabled:
+        return model
+    logger.info("compiling the model with torch.compile (first steps are slow)")
+    return torch.compile(model)
+
+
+def check_output(model: MultiTaskModel, output: ModelOutput, rows: int) -> None:
+    """Refuse a model whose output breaks the interface the methods rely on."""
+    tasks = model.num_tasks
+    if tuple(output.logits.shape) != (rows, tasks) or len(output.features) != tasks:
+        raise ConfigError(
+            f"model {type(model).__name__} returned logits {tuple(output.logits.shape)} and "
+            f"{len(output.features)} feature tensors for {rows} rows and {tasks} tasks; "
+            f"expected [{rows}, {tasks}] and {tasks}"
+        )
+
+
+def final_evaluation(
+    run: RunFolder,
+    schema: Schema,
+    options: RunOptions,
+    *,
+    domain: str,
+    device: torch.device,
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """Score the best checkpoint on ``domain``'s evaluation split; write final_metrics.json."""
+    split = load_split(options.dataset, domain, options.eval_split, schema)
+    model, _ = load_checkpoint(run.best_checkpoint, map_location=device)
+    tasks = evaluate_model(
+        model,
+        split,
+        schema.tasks,
+        device=device,
+        batch_size=max(options.batch_size, 8192),
+        precision=options.precision,
+        where=f"{domain}/{options.eval_split}",
+    )
+    final = {**summary, "domain": domain, "split": options.eval_split, "tasks": tasks}
+    run.write_final(final)
+    aucs = ", ".join(
+        f"{task} AUC {values['auc']:.4f}" if not math.isnan(values["auc"]) else f"{task} AUC nan"
+        for task, values in tasks.items()
+    )
+    logger.info("final %s/%s: %s (%s)", domain, options.eval_split, aucs, run.final_file)
+    return final
