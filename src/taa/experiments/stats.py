@@ -176,3 +176,24 @@ def summarize(values: Iterable[float], level: float = 0.95) -> Summary:
     std = math.sqrt(variance)
     half_width = t_quantile(0.5 + level / 2.0, count - 1) * std / math.sqrt(count)
     return Summary(count, mean, std, half_width, level, missing)
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """A :class:`Summary` of one metric over the seeds of one grid group.
+
+    Attributes:
+        model: model name.
+        method: adaptation method.
+        fraction: target sample fraction.
+        task: task name.
+        metric: metric name (``auc``, ``logloss`` or ``gauc``).
+        summary: the statistics over seeds.
+    """
+
+    model: str
+    method: str
+    fraction: float
+    task: str
+    metric: str
+    summary: Summary

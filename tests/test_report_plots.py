@@ -1,0 +1,244 @@
+"""Tests of the plots and of `taa report` on run folders built here by hand."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from taa.cli.main import main
+from taa.errors import DataError
+from taa.experiments.plots import (
+    PNG_SIGNATURE,
+    plot_metric_by_fraction,
+    plot_projections,
+    plot_training_curves,
+    plot_wasserstein,
+    principal_axes,
+    project_pair,
+)
+from taa.experiments.report import ReportResult, detect_kind, write_report
+from taa.experiments.results import read_final_metrics, read_history
+from taa.experiments.stats import GroupSummary, summarize
+
+TASKS = ("click", "conversion")
+
+
+def _history(wasserstein: bool = True) -> list[dict]:
+    records = []
+    for epoch in range(4):
+        train = {
+            "loss": 0.5 - 0.05 * epoch,
+            "task_loss": {"click": 0.3 - 0.02 * epoch, "conversion": 0.2 - 0.01 * epoch},
+        }
+        if wasserstein:
+            train["critic_loss"] = {"click": -0.4 + 0.1 * epoch, "conversion": -0.3}
+            train["wasserstein"] = {"click": 0.4 - 0.1 * epoch, "conversion": 0.3 - 0.05 * epoch}
+        records.append(
+            {
+                "epoch": epoch,
+                "seconds": 1.5,
+                "train": train,
+                "valid": {
+                    "click": {"auc": 0.6 + 0.02 * epoch, "logloss": 0.1, "gauc": 0.55},
+                    "conversion": {"auc": float("nan"), "logloss": 0.01, "gauc": float("nan")},
+                },
+            }
+        )
+    return records
+
+
+def make_run(folder: Path, method: str = "taa", wasserstein: bool = True) -> Path:
+    """A run folder as the trainers write it, with known final metrics."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        json.dumps({"command": "adapt", "config": {"method": method}, "model": "mmoe"})
+    )
+    lines = "".join(json.dumps(record) + "\n" for record in _history(wasserstein))
+    (folder / "metrics.jsonl").write_text(lines)
+    final = {
+        "method": method,
+        "model": "mmoe",
+        "domain": "US",
+        "split": "test",
+        "best_epoch": 3,
+        "epochs_run": 4,
+        "tasks": {
+            "click": {
+                "auc": 0.7123,
+                "logloss": 0.0934,
+                "gauc": 0.6012,
+                "rows": 5000,
+                "positives": 101,
+            },
+            "conversion": {
+                "auc": None,
+                "logloss": 0.0061,
+                "gauc": None,
+                "rows": 5000,
+                "positives": 0,
+            },
+        },
+    }
+    (folder / "final_metrics.json").write_text(json.dumps(final))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_report(tmp_path_factory: pytest.TempPathFactory) -> ReportResult:
+    """One report of a taa run folder, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("report")
+    return write_report(make_run(root / "run"), root / "out")
+
+
+def _is_png(data: bytes) -> bool:
+    return data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def test_training_curves_write_a_png(tmp_path: Path) -> None:
+    """Check that the training curves plot is a valid PNG file."""
+    path = plot_training_curves(_history(), tmp_path / "curves.png", title="taa mmoe")
+    assert _is_png(path.read_bytes())
+
+
+def test_training_curves_refuse_empty_history(tmp_path: Path) -> None:
+    """Check that a run without a finished epoch is refused with a message naming the file."""
+    with pytest.raises(DataError, match=r"curves\.png: the run's metrics\.jsonl is empty"):
+        plot_training_curves([], tmp_path / "curves.png")
+
+
+def test_wasserstein_plot_writes_a_png(tmp_path: Path) -> None:
+    """Check that a history with critic estimates gives a valid PNG."""
+    path = plot_wasserstein(_history(), tmp_path / "w.png")
+    assert path is not None and _is_png(path.read_bytes())
+
+
+def test_wasserstein_plot_skipped_without_critics(tmp_path: Path) -> None:
+    """Check that a method without critics (finetune) gives no Wasserstein plot and no file."""
+    assert plot_wasserstein(_history(wasserstein=False), tmp_path / "w.png") is None
+    assert not (tmp_path / "w.png").exists()
+
+
+def test_metric_by_fraction_writes_a_png(tmp_path: Path) -> None:
+    """Check that the grid plot of AUC against fraction (two models, two methods) is a PNG."""
+    summaries = [
+        GroupSummary(model, method, fraction, task, "auc", summarize([0.7, 0.71, 0.72]))
+        for model in ("mmoe", "ple")
+        for method in ("taa", "finetune")
+        for fraction in (0.01, 0.1)
+        for task in TASKS
+    ]
+    path = plot_metric_by_fraction(summaries, tmp_path / "auc.png")
+    assert _is_png(path.read_bytes())
+
+
+def test_principal_axes_match_covariance_eigenvectors() -> None:
+    """Check the SVD axes and variances against an eigen-decomposition of the covariance."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 5, generator=generator, dtype=torch.float64)
+    features = features * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)
+    axes, variances = principal_axes(features)
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(features.T))
+    assert torch.allclose(variances, eigenvalues.flip(0)[:2], rtol=1e-9)
+    for index in range(2):
+        cosine = torch.dot(axes[index], eigenvectors[:, -1 - index]).abs()
+        assert cosine.item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_project_pair_centroid_gap_by_hand() -> None:
+    """Check the centroid gap of two point pairs worked by hand.
+
+    Source (0, ±1) and target (4, ±1): means 4 apart; pooled centre (2, 0); every point
+    lies sqrt(4 + 1) from it, so the gap is 4 / sqrt(5). PC1 is the x axis, carrying
+    variance 16/3 of the total 16/3 + 4/3.
+    """
+    source = torch.tensor([[0.0, 1.0], [0.0, -1.0]])
+    target = torch.tensor([[4.0, 1.0], [4.0, -1.0]])
+    projection = project_pair(source, target)
+    assert projection.centroid_gap == pytest.approx(4 / math.sqrt(5))
+    assert projection.explained[0].item() == pytest.approx(0.8)
+    assert projection.source[:, 0].abs().tolist() == pytest.approx([2.0, 2.0])
+
+
+def test_projection_plot_writes_a_png(tmp_path: Path) -> None:
+    """Check that the before/after projection plot of two tasks is a valid PNG."""
+    generator = torch.Generator().manual_seed(1)
+    pairs = [
+        project_pair(
+            torch.randn(50, 8, generator=generator), torch.randn(60, 8, generator=generator) + shift
+        )
+        for shift in (2.0, 0.5)
+    ]
+    path = plot_projections(list(TASKS), pairs, pairs[::-1], tmp_path / "projection.png")
+    assert _is_png(path.read_bytes())
+
+
+def test_history_reader_names_bad_line(tmp_path: Path) -> None:
+    """Check that a corrupt metrics.jsonl line is reported with its file and line number."""
+    run = make_run(tmp_path / "run")
+    with open(run / "metrics.jsonl", "a") as stream:
+        stream.write('{"epoch": 4, "train": \n')
+    with pytest.raises(DataError, match=r"metrics\.jsonl, line 5: not valid JSON"):
+        read_history(run)
+
+
+def test_final_metrics_reader_turns_null_into_nan(tmp_path: Path) -> None:
+    """Check that an undefined metric (JSON null) is read as NaN."""
+    summary = read_final_metrics(make_run(tmp_path / "run"))
+    assert summary.tasks["click"]["auc"] == pytest.approx(0.7123)
+    assert math.isnan(summary.tasks["conversion"]["auc"])
+
+
+def test_report_on_run_folder_embeds_images_and_values(run_report: ReportResult) -> None:
+    """Check that a run report's HTML holds its plots as PNG data URIs and the metric values."""
+    page = run_report.html.read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 2  # training curves and Wasserstein estimates
+    assert all(_is_png(base64.b64decode(image)) for image in images)
+    for value in ("0.7123", "0.0934", "0.6012", "5000", "101"):
+        assert f">{value}<" in page
+
+
+def test_report_html_is_self_contained(run_report: ReportResult) -> None:
+    """Check that the HTML page loads nothing from outside: no scripts, links or URLs."""
+    page = run_report.html.read_text()
+    assert "<script" not in page
+    assert "<link" not in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_report_markdown_links_existing_pngs(run_report: ReportResult) -> None:
+    """Check that the Markdown report links PNG files that exist beside it and holds the table."""
+    markdown = run_report.markdown.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(links) == 2
+    for link in links:
+        assert _is_png((run_report.markdown.parent / link).read_bytes())
+    assert "| click | 0.7123 | 0.0934 | 0.6012 | 5000 | 101 |" in markdown
+    assert "| conversion | n/a | 0.0061 | n/a | 5000 | 0 |" in markdown
+
+
+def test_report_of_finetune_run_has_no_wasserstein_plot(tmp_path: Path) -> None:
+    """Check that a run without critic estimates gets only its training curves."""
+    result = write_report(make_run(tmp_path / "run", "finetune", wasserstein=False))
+    assert len(result.images) == 1
+
+
+def test_report_refuses_unknown_folder(tmp_path: Path) -> None:
+    """Check that a folder that is no run, demo or grid is refused, naming what was looked for."""
+    with pytest.raises(DataError, match=r"not a run folder \(no config\.json or metrics\.jsonl\)"):
+        detect_kind(tmp_path)
+
+
+def test_report_command_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Check that `taa report RUN --out DIR` writes both files and says where."""
+    run = make_run(tmp_path / "run")
+    main(["report", str(run), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert "run report:" in capsys.readouterr().out
