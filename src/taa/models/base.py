@@ -40,15 +40,27 @@ class ModelConfig:
         aitm_constraint_weight: weight of AITM's label-constraint loss; 0 turns it off.
     """
 
-    embedding_dim: int = 128
-    expert_hidden: tuple[int, ...] = (512, 256)
-    tower_hidden: tuple[int, ...] = (128, 64)
-    dropout: float = 0.2
-    num_experts: int = 8
-    ple_shared_experts: int = 4
-    ple_task_experts: int = 4
-    ple_levels: int = 2
-    aitm_constraint_weight: float = 0.6
+    embedding_dim: int = field(
+        default=128,
+        metadata={"help": "Width of each categorical embedding and of the numerical projection."},
+    )
+    expert_hidden: tuple[int, ...] = field(
+        default=(512, 256),
+        metadata={"help": "Hidden sizes of each expert or bottom MLP; the last is the width D."},
+    )
+    tower_hidden: tuple[int, ...] = field(
+        default=(128, 64), metadata={"help": "Hidden sizes of each task tower."}
+    )
+    dropout: float = field(default=0.2, metadata={"help": "Dropout after each hidden layer."})
+    num_experts: int = field(default=8, metadata={"help": "Experts in OMoE and MMoE."})
+    ple_shared_experts: int = field(default=4, metadata={"help": "Shared experts per PLE level."})
+    ple_task_experts: int = field(
+        default=4, metadata={"help": "Task-specific experts per task and PLE level."}
+    )
+    ple_levels: int = field(default=2, metadata={"help": "Extraction levels of PLE."})
+    aitm_constraint_weight: float = field(
+        default=0.6, metadata={"help": "Weight of AITM's label-constraint loss (0 turns it off)."}
+    )
 
     def __post_init__(self) -> None:
         self.expert_hidden = tuple(int(size) for size in self.expert_hidden)
@@ -120,6 +132,9 @@ class MultiTaskModel(nn.Module):
 
     Subclasses that need an ordered click -> conversion pair of tasks set
     ``requires_click_conversion = True``; they are refused for other task lists.
+    Subclasses keep their task towers in ``self.towers`` (an ``nn.ModuleList``), so
+    :meth:`encoder_parameters` (below the features) and :meth:`tower_parameters` (above
+    them) split the parameters the way feature-alignment methods need.
     """
 
     requires_click_conversion: bool = False
@@ -147,6 +162,31 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, categorical: torch.Tensor, numerical: torch.Tensor) -> ModelOutput:
         raise NotImplementedError
+
+    def tower_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the task towers (``self.towers``): everything above the features."""
+        towers = getattr(self, "towers", None)
+        return list(towers.parameters()) if isinstance(towers, nn.Module) else []
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters below the task features: embeddings, experts, gates, bottoms."""
+        above = {id(parameter) for parameter in self.tower_parameters()}
+        return [parameter for parameter in self.parameters() if id(parameter) not in above]
+
+    def _make_output(
+        self,
+        logits: list[torch.Tensor],
+        features: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        **extras: torch.Tensor,
+    ) -> ModelOutput:
+        """Stack per-task logits ``T x [B]`` into a :class:`ModelOutput` (``[B, T]``)."""
+        stacked = torch.stack(logits, dim=1)
+        return ModelOutput(
+            logits=stacked,
+            probabilities=torch.sigmoid(stacked),
+            features=tuple(features),
+            extras=dict(extras),
+        )
 
     def task_losses(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         """Mean binary cross-entropy per task, ``[T]``, computed from logits (never inf)."""
