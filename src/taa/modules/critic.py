@@ -15,7 +15,7 @@ from torch import nn
 from taa.errors import ConfigError
 
 
-def _mlp(input_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
+def _mlp(input_dim: int, hidden: tuple[int, ...], output_bias: bool) -> nn.Sequential:
     """Linear + LeakyReLU per hidden size, ending in a plain ``Linear(., 1)``."""
     if input_dim < 1:
         raise ConfigError(f"a critic needs a feature width of at least 1, got {input_dim}")
@@ -29,7 +29,7 @@ def _mlp(input_dim: int, hidden: tuple[int, ...]) -> nn.Sequential:
         # LeakyReLU rather than ReLU: a critic with dead units gives the encoder no signal.
         layers += [nn.Linear(width, size), nn.LeakyReLU(0.2)]
         width = size
-    layers.append(nn.Linear(width, 1))
+    layers.append(nn.Linear(width, 1, bias=output_bias))
     return nn.Sequential(*layers)
 
 
@@ -38,7 +38,9 @@ class Critic(nn.Module):
 
     No normalisation layer (a batch statistic would break the per-sample gradient
     penalty) and no output squashing: the critic's score must be free to grow so that
-    ``mean critic(source) - mean critic(target)`` estimates a Wasserstein-1 distance.
+    ``mean critic(source) - mean critic(target)`` estimates a Wasserstein-1 distance. The
+    output layer has no bias: a constant cancels in that difference and in the penalty,
+    so it would never be trained.
 
     Args:
         input_dim: task feature width D.
@@ -50,9 +52,11 @@ class Critic(nn.Module):
         torch.Size([3])
     """
 
+    output_bias = False
+
     def __init__(self, input_dim: int, hidden: tuple[int, ...] = (64,)) -> None:
         super().__init__()
-        self.network = _mlp(input_dim, tuple(hidden))
+        self.network = _mlp(input_dim, tuple(hidden), self.output_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Scores ``[B]`` of features ``[B, D]``."""
@@ -63,8 +67,11 @@ class DomainClassifier(Critic):
     """A domain classifier over one task's features: its output is the logit of "target".
 
     Same body as :class:`Critic`; it is trained with binary cross-entropy on logits, so
-    it also ends in a plain linear layer (the sigmoid lives inside the loss).
+    it also ends in a plain linear layer (the sigmoid lives inside the loss), with a bias
+    since the two domains need not be balanced.
     """
+
+    output_bias = True
 
 
 def gradient_penalty(

@@ -10,6 +10,7 @@ import torch
 
 from taa.data.batches import TensorSplit, load_split
 from taa.data.schema import Schema
+from taa.errors import DataError
 from taa.models.base import ModelConfig, build_model
 from taa.train.config import PretrainConfig
 from taa.train.evaluate import evaluate_model
@@ -35,35 +36,50 @@ DEFAULT_MODEL = "mmoe"
 def holdout_split(
     split: TensorSplit, fraction: float, seed: int, *, stratify: bool = True
 ) -> tuple[TensorSplit, TensorSplit]:
-    """Split rows into (train, validation) with a seeded permutation.
+    """Split a domain's rows into (train, validation) by whole groups, with a seeded draw.
 
-    With ``stratify`` the rows of each label combination (e.g. click=1, conversion=0) are
-    permuted separately and ``round(fraction * count)`` of them are held out, so rare
-    positives reach the validation split in proportion. At least one row is held out and
-    at least two are kept for training.
+    Whole groups (``search_id``, one result page) go to one side, so no page is split
+    between training and validation and group AUC is measured on complete pages. About
+    ``fraction`` of the groups are held out: ``round(fraction * count)`` of each stratum.
+    With ``stratify`` a group's stratum is its most advanced label combination (a page
+    with a conversion, with a click only, or with neither), so rare positives reach the
+    validation split in proportion; without it, all groups form one stratum. At least
+    one group is held out and at least two rows are kept for training; a split with a
+    single group is divided by rows instead.
 
     Returns:
         ``(train, valid)`` splits; their rows are disjoint and cover ``split``.
     """
     rows = len(split)
     generator = torch.Generator().manual_seed(seed)
+    groups, row_group = torch.unique(split.groups, return_inverse=True)
+    if len(groups) < 2:
+        row_group = torch.arange(rows)
+    count = int(row_group.max()) + 1
     if stratify:
-        codes = (split.labels.nan_to_num(0.0) * (2 ** torch.arange(split.labels.shape[1]))).sum(1)
-        held = []
-        for code in torch.unique(codes):
-            members = torch.nonzero(codes == code).squeeze(1)
-            members = members[torch.randperm(len(members), generator=generator)]
-            held.append(members[: round(fraction * len(members))])
-        valid_index = torch.cat(held)
+        weights = 2 ** torch.arange(split.labels.shape[1], dtype=torch.float32)
+        row_code = (split.labels.nan_to_num(0.0) * weights).sum(1)
+        strata = torch.zeros(count).scatter_reduce(0, row_group, row_code, reduce="amax")
     else:
-        order = torch.randperm(rows, generator=generator)
-        valid_index = order[: round(fraction * rows)]
-    if len(valid_index) == 0:
-        valid_index = torch.randperm(rows, generator=generator)[:1]
-    valid_index = valid_index[: max(rows - 2, 1)].sort().values
-    keep = torch.ones(rows, dtype=torch.bool)
-    keep[valid_index] = False
-    train_index = torch.nonzero(keep).squeeze(1)
+        strata = torch.zeros(count)
+    held = []
+    for stratum in torch.unique(strata):
+        members = torch.nonzero(strata == stratum).squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        held.append(members[: round(fraction * len(members))])
+    valid_groups = torch.cat(held)
+    if len(valid_groups) == 0:
+        valid_groups = torch.randperm(count, generator=generator)[:1]
+    is_valid = torch.zeros(count, dtype=torch.bool)
+    is_valid[valid_groups] = True
+    valid_rows = is_valid[row_group]
+    if int((~valid_rows).sum()) < 2:
+        raise DataError(
+            f"holding out {fraction} of {count} groups leaves fewer than 2 training rows; "
+            "lower --valid-fraction or use a larger train split"
+        )
+    train_index = torch.nonzero(~valid_rows).squeeze(1)
+    valid_index = torch.nonzero(valid_rows).squeeze(1)
     return split.subset(train_index), split.subset(valid_index)
 
 

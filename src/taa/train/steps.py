@@ -229,6 +229,7 @@ class TaaStep(SupervisedStep):
             stacked.sum().backward()
             self.critic_optimizer.step()
             total += stacked.detach()
+        self.critic_optimizer.zero_grad(set_to_none=True)
         return total / self.critic_steps
 
     def __call__(self, *indices: torch.Tensor) -> dict[str, torch.Tensor]:
