@@ -27,16 +27,21 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from taa.errors import ConfigError
+from taa.errors import ConfigError, TaaError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -107,7 +112,9 @@ def init_distributed(device: torch.device) -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://")
     logger.info("rank %d of %d joined the %s process group", rank, world_size, backend)
-    return DistributedContext(rank, world_size, local_rank, backend)
+    context = DistributedContext(rank, world_size, local_rank, backend)
+    set_current(context)
+    return context
 
 
 def local_device(device: torch.device, context: DistributedContext) -> torch.device:
@@ -122,6 +129,7 @@ def shutdown(context: DistributedContext) -> None:
     if context.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    set_current(SINGLE_PROCESS)
 
 
 def quiet_other_ranks(context: DistributedContext) -> None:
@@ -314,3 +322,182 @@ def gather_rows(tensor: torch.Tensor, context: DistributedContext) -> torch.Tens
     pieces = [torch.empty_like(padded) for _ in range(context.world_size)]
     dist.all_gather(pieces, padded.contiguous())
     return torch.cat([piece[:size] for piece, size in zip(pieces, sizes, strict=True)])
+
+
+_CURRENT = SINGLE_PROCESS
+
+
+def current() -> DistributedContext:
+    """The context of this process, set by :func:`init_distributed` (one process otherwise)."""
+    return _CURRENT
+
+
+def set_current(context: DistributedContext) -> None:
+    """Record ``context`` as this process's (done by :func:`init_distributed`)."""
+    global _CURRENT
+    _CURRENT = context
+
+
+def on_main(function: Callable[[], T], context: DistributedContext) -> T | None:
+    """Run ``function`` on rank 0 only; if it raises, every rank raises the same error.
+
+    Without this a failure on rank 0 (a run folder that exists, a full disk) would leave
+    the other ranks waiting forever at their next collective call.
+    """
+    if not context.enabled:
+        return function()
+    outcome: list[Any] = [None]
+    result: T | None = None
+    if context.is_main:
+        try:
+            result = function()
+        except Exception as error:
+            outcome[0] = (type(error).__name__, str(error))
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None and not context.is_main:
+        name, message = outcome[0]
+        raise TaaError(f"rank 0 failed ({name}): {message}")
+    return result
+
+
+def proportional_batches(rows_per_rank: Sequence[int], batch_size: int) -> list[int]:
+    """Each rank's share of a global batch of ``batch_size`` rows, proportional to its rows.
+
+    A rank never draws more rows than it holds, so a global batch at least as large as
+    the split is the whole split, exactly as in one process.
+
+    Example:
+        >>> proportional_batches([50, 50], 64), proportional_batches([51, 50], 1000)
+        ([32, 32], [51, 50])
+    """
+    total = sum(rows_per_rank)
+    return [
+        min(rows, max(1, round(batch_size * rows / total))) if rows else 0 for rows in rows_per_rank
+    ]
+
+
+class ShardPlan:
+    """Batches of a rank's own rows whose union over ranks is a step's global batch.
+
+    Every rank runs the same number of steps (``steps``, computed from the global row
+    count as one process would), draws ``batch`` rows of its shard per step from an
+    :class:`~taa.data.batches.IndexStream` seeded per rank, and scales its loss by
+    ``loss_scale`` so that DDP's average of per-rank means is the mean over the global
+    batch even when ranks hold different row counts.
+
+    Args:
+        rows_per_rank: rows each rank holds (its shard of the split).
+        batch_size: rows of a global batch (one process's batch size).
+        seed: run seed.
+        context: this process's place.
+        steps: steps per epoch; default one pass over all rows (``epoch_slices``).
+        offset: added to the seed, to keep the streams of two plans apart.
+    """
+
+    def __init__(
+        self,
+        rows_per_rank: Sequence[int],
+        batch_size: int,
+        seed: int,
+        context: DistributedContext,
+        *,
+        steps: int | None = None,
+        offset: int = 0,
+    ) -> None:
+        from taa.data.batches import IndexStream, epoch_slices
+
+        batches = proportional_batches(rows_per_rank, batch_size)
+        self.batch = batches[context.rank]
+        self.loss_scale = context.world_size * self.batch / sum(batches)
+        self.steps = (
+            steps
+            if steps is not None
+            else len(epoch_slices(sum(rows_per_rank), batch_size, training=True))
+        )
+        self.stream = IndexStream(
+            rows_per_rank[context.rank], seed=seed * 1_000_003 + 7_919 * context.rank + offset
+        )
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor]]:
+        for _ in range(self.steps):
+            yield (self.stream.next(self.batch),)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
+
+
+class PairedShardPlan:
+    """Source and target batches of a rank's shards, ``batch`` rows of each per step.
+
+    An epoch is one pass over the global target sample (``ceil(target rows / batch)``
+    steps, as in one process); the batch share of each rank follows its target rows.
+    """
+
+    def __init__(
+        self,
+        source_rows_per_rank: Sequence[int],
+        target_rows_per_rank: Sequence[int],
+        batch_size: int,
+        seed: int,
+        context: DistributedContext,
+    ) -> None:
+        import math
+
+        from taa.data.batches import IndexStream
+
+        self.target = ShardPlan(target_rows_per_rank, batch_size, seed, context, offset=1)
+        self.steps = math.ceil(sum(target_rows_per_rank) / batch_size)
+        self.target.steps = self.steps
+        self.batch = self.target.batch
+        self.loss_scale = self.target.loss_scale
+        self.source = IndexStream(
+            source_rows_per_rank[context.rank], seed=seed * 1_000_003 + 7_919 * context.rank
+        )
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(self.steps):
+            yield self.source.next(self.batch), self.target.stream.next(self.batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"source": self.source.state_dict(), "target": self.target.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state["source"])
+        self.target.load_state_dict(state["target"])
+
+
+def rows_per_rank(rows: int, context: DistributedContext) -> list[int]:
+    """Row counts of every rank's contiguous shard of ``rows`` rows."""
+    from taa.data.shards import shard_bounds
+
+    bounds = [shard_bounds(rows, rank, context.world_size) for rank in range(context.world_size)]
+    return [stop - start for start, stop in bounds]
+
+
+def gather_scores(
+    probabilities: np.ndarray,
+    labels: torch.Tensor,
+    groups: torch.Tensor,
+    context: DistributedContext,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every rank's probabilities ``[R_r, T]``, labels ``[R_r, T]`` and groups ``[R_r]``
+    gathered into the whole split's, in rank order, on every rank; as NumPy arrays.
+    """
+    if not context.enabled:
+        return probabilities, labels.cpu().numpy(), groups.cpu().numpy()
+    device = torch.device("cuda", context.local_rank) if context.backend == "nccl" else None
+    gathered = [
+        gather_rows(torch.as_tensor(item).to(device or "cpu"), context).cpu().numpy()
+        for item in (probabilities, labels, groups)
+    ]
+    return gathered[0], gathered[1], gathered[2]
+
+
+def broadcast_best(model: nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's weights (rank 0 loaded them from its checkpoint)."""
+    broadcast_module(model, context)
