@@ -14,9 +14,13 @@ from taa.data.batches import epoch_slices, load_split
 from taa.data.schema import CategoricalField, NumericalField, Schema
 from taa.data.shards import (
     ParquetStream,
+    StreamedSource,
+    StreamPlan,
+    label_index_split,
     load_split_shard,
     parquet_rows,
     read_rows,
+    read_selected_rows,
     shard_bounds,
 )
 from taa.errors import ConfigError, DataError
@@ -205,3 +209,80 @@ def test_stream_refuses_to_train_on_one_row(tmp_path: Path) -> None:
     stream = ParquetStream(path, SCHEMA, batch_size=2, row_range=(3, 4))
     with pytest.raises(DataError, match="a training split needs at least 2 rows, got 1"):
         next(iter(stream.epoch(0)))
+
+
+def test_exclusion_mask_skips_the_marked_rows(tmp_path: Path) -> None:
+    """Check that rows marked in the exclusion mask never appear and the epoch is shorter."""
+    path = _write_split(tmp_path, rows=40, row_group_size=6)
+    exclude = np.zeros(40, dtype=bool)
+    exclude[[0, 5, 6, 17, 39]] = True
+    stream = ParquetStream(path, SCHEMA, batch_size=4, seed=2, buffer_rows=8, exclude=exclude)
+    rows = sorted(torch.cat([batch.groups for batch in stream.epoch(0)]).tolist())
+    assert rows == [row for row in range(40) if not exclude[row]]
+    assert stream.rows == 35 and stream.num_batches() == len(epoch_slices(35, 4, training=True))
+
+
+def test_label_index_split_keeps_row_numbers_through_subsets(tmp_path: Path) -> None:
+    """Check that the label-only split carries each row's number, labels and group."""
+    path = _write_split(tmp_path, rows=12, row_group_size=5)
+    split = label_index_split(path, SCHEMA)
+    assert split.numerical.shape == (12, 0)
+    subset = split.subset(torch.tensor([3, 7, 11]))
+    assert subset.categorical[:, 0].tolist() == [3, 7, 11]
+    assert subset.labels.tolist() == [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]  # odd rows click
+    assert subset.groups.tolist() == [3, 7, 11]
+
+
+def test_read_selected_rows_equals_indexing_the_whole(tmp_path: Path) -> None:
+    """Check that scattered rows read group by group equal the same rows of the whole split."""
+    path = _write_split(tmp_path, rows=30, row_group_size=7)
+    whole = load_split(tmp_path, "A", "train", SCHEMA)
+    rows = np.array([0, 6, 7, 8, 20, 29])
+    part = read_selected_rows(path, rows, SCHEMA)
+    assert part.groups.tolist() == rows.tolist()
+    assert torch.equal(part.numerical, whole.numerical[rows])
+    assert torch.equal(part.labels, whole.labels[rows])
+
+
+def test_read_selected_rows_refuses_unsorted_rows(tmp_path: Path) -> None:
+    """Check that row numbers out of order are refused."""
+    path = _write_split(tmp_path, rows=10, row_group_size=5)
+    with pytest.raises(DataError, match="selected row numbers must be sorted, unique and >= 0"):
+        read_selected_rows(path, np.array([4, 2]), SCHEMA)
+
+
+def test_stream_plan_yields_batches_for_the_loop(tmp_path: Path) -> None:
+    """Check that the loop plan yields one-batch tuples, as many as it announces."""
+    path = _write_split(tmp_path, rows=23, row_group_size=5)
+    plan = StreamPlan(ParquetStream(path, SCHEMA, batch_size=5, seed=0))
+    steps = list(plan.epoch(1))
+    assert plan.steps == len(steps) == 5  # 5, 5, 5, 5 and 3 rows
+    assert sum(len(batch) for (batch,) in steps) == 23
+
+
+def test_streamed_source_gives_exact_counts_across_passes(tmp_path: Path) -> None:
+    """Check that 7-row draws from a 10-row stream cut across batches and passes evenly."""
+    path = _write_split(tmp_path, rows=10, row_group_size=4)
+    source = StreamedSource(ParquetStream(path, SCHEMA, batch_size=4, seed=0, buffer_rows=4))
+    drawn = [source.next(7).groups.tolist() for _ in range(10)]
+    assert all(len(rows) == 7 for rows in drawn)
+    flat = [row for rows in drawn for row in rows]
+    for start in range(0, 70, 10):  # every pass of 10 rows holds each row once
+        assert sorted(flat[start : start + 10]) == list(range(10))
+
+
+def test_streamed_source_resumes_on_the_same_rows(tmp_path: Path) -> None:
+    """Check that restoring a saved position replays the stream to the same next rows."""
+    path = _write_split(tmp_path, rows=10, row_group_size=4)
+
+    def fresh() -> StreamedSource:
+        return StreamedSource(ParquetStream(path, SCHEMA, batch_size=4, seed=0, buffer_rows=4))
+
+    first = fresh()
+    for _ in range(3):
+        first.next(3)
+    state = first.state_dict()
+    expected = [first.next(3).groups.tolist() for _ in range(4)]
+    resumed = fresh()
+    resumed.load_state_dict(state)
+    assert [resumed.next(3).groups.tolist() for _ in range(4)] == expected

@@ -189,6 +189,8 @@ class ParquetStream:
         read_rows: rows decoded from the file at a time.
         row_range: only rows ``[start, stop)`` (a rank's shard); the whole file by default.
         shuffle: False reads rows in file order (for evaluation).
+        exclude: optional boolean mask over the file's rows (``[rows]``); rows marked True
+            are skipped (the validation rows held out of a streamed training split).
 
     Example:
         >>> stream = ParquetStream(path, schema, batch_size=1024, seed=0)  # doctest: +SKIP
@@ -206,6 +208,7 @@ class ParquetStream:
         read_rows: int = DEFAULT_READ_ROWS,
         row_range: tuple[int, int] | None = None,
         shuffle: bool = True,
+        exclude: np.ndarray | None = None,
     ) -> None:
         import pyarrow.parquet as pq
 
@@ -238,11 +241,18 @@ class ParquetStream:
                 self._groups.append((index, offset, size))
             offset += size
         self.peak_buffered_rows = 0
+        if exclude is not None and len(exclude) != total:
+            raise DataError(
+                f"{self.path}: the exclusion mask has {len(exclude)} entries for {total} rows"
+            )
+        self.exclude = exclude
+        skipped = int(exclude[self.start : self.stop].sum()) if exclude is not None else 0
+        self._rows = self.stop - self.start - skipped
 
     @property
     def rows(self) -> int:
         """Rows one epoch covers."""
-        return self.stop - self.start
+        return self._rows
 
     def num_batches(self, *, training: bool = True) -> int:
         """Batches one epoch yields."""
@@ -266,7 +276,11 @@ class ParquetStream:
                     part = record_batch.slice(low - offset, high - low)
                     arrays = {name: _writable(part.column(name)) for name in columns}
                     split = TensorSplit.from_arrays(arrays, self.schema)
-                    yield _Chunk(*(getattr(split, name).numpy() for name in _CHUNK_FIELDS))
+                    chunk = _Chunk(*(getattr(split, name).numpy() for name in _CHUNK_FIELDS))
+                    if self.exclude is not None:
+                        chunk = chunk.take(np.flatnonzero(~self.exclude[low:high]))
+                    if len(chunk):
+                        yield chunk
                 offset += record_batch.num_rows
 
     def epoch(self, epoch: int = 0, *, training: bool = True) -> Iterator[Batch]:
@@ -301,3 +315,165 @@ class ParquetStream:
             order = generator.permutation(buffered) if self.shuffle else np.arange(buffered)
             for start, stop in epoch_slices(buffered, self.batch_size, training=training):
                 yield merged.batch(order[start:stop])
+
+
+def label_index_split(path: str | Path, schema: Schema) -> TensorSplit:
+    """The group key and labels of every row of a file, with row numbers for features.
+
+    Reads only those columns (about 16 bytes a row), so a holdout can be drawn over a
+    split too large to load whole. ``categorical[:, 0]`` holds each row's number in the
+    file and ``numerical`` is empty ``[R, 0]``; any subset keeps the row numbers.
+    """
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    available = parquet.schema_arrow.names
+    columns = [name for name in [schema.group_key, *schema.tasks] if name in available]
+    table = parquet.read(columns=columns)
+    rows = table.num_rows
+    groups = (
+        table.column(schema.group_key).to_numpy().astype(np.int64)
+        if schema.group_key in available
+        else np.arange(rows, dtype=np.int64)
+    )
+    labels = (
+        np.stack([table.column(task).to_numpy().astype(np.float32) for task in schema.tasks], 1)
+        if all(task in available for task in schema.tasks)
+        else np.full((rows, len(schema.tasks)), np.nan, dtype=np.float32)
+    )
+    return TensorSplit(
+        categorical=torch.arange(rows, dtype=torch.int64).unsqueeze(1),
+        numerical=torch.zeros(rows, 0),
+        labels=torch.from_numpy(labels),
+        groups=torch.from_numpy(groups),
+    )
+
+
+def read_selected_rows(path: str | Path, rows: np.ndarray, schema: Schema) -> TensorSplit:
+    """The rows numbered ``rows`` (sorted, unique) of a file, reading one row group at a time.
+
+    Returns:
+        A split of ``len(rows)`` rows in the order of ``rows``.
+    """
+    import pyarrow.parquet as pq
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (np.any(np.diff(rows) <= 0) or rows[0] < 0):
+        raise DataError(f"{path}: selected row numbers must be sorted, unique and >= 0")
+    parquet = pq.ParquetFile(path)
+    if len(rows) and rows[-1] >= parquet.metadata.num_rows:
+        raise DataError(
+            f"{path}: row {int(rows[-1])} selected but the file has "
+            f"{parquet.metadata.num_rows} rows"
+        )
+    columns = _columns(schema, parquet.schema_arrow.names)
+    pieces: list[TensorSplit] = []
+    offset = 0
+    for index in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(index).num_rows
+        low, high = np.searchsorted(rows, [offset, offset + size])
+        if low < high:
+            group = parquet.read_row_group(index, columns=columns).take(rows[low:high] - offset)
+            arrays = {name: _writable(group.column(name)) for name in columns}
+            pieces.append(TensorSplit.from_arrays(arrays, schema))
+        offset += size
+    if not pieces:
+        return read_rows(path, 0, 0, schema)
+    return TensorSplit(
+        *(torch.cat([getattr(piece, name) for piece in pieces]) for name in _CHUNK_FIELDS)
+    )
+
+
+class StreamPlan:
+    """A training loop's batch plan over a :class:`ParquetStream`: one pass per epoch.
+
+    Yields ``(batch,)`` tuples of :class:`~taa.data.batches.Batch` (not indices); epoch
+    ``e`` is shuffled with ``(seed, e)`` only, so the plan has no state to save and a
+    resumed run sees the batches an uninterrupted one would.
+    """
+
+    def __init__(self, stream: ParquetStream, steps: int | None = None) -> None:
+        self.stream = stream
+        self.steps = steps if steps is not None else stream.num_batches(training=True)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Batch]]:
+        for step, batch in enumerate(self.stream.epoch(epoch)):
+            if step >= self.steps:
+                return
+            yield (batch,)
+
+    def state_dict(self) -> dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        pass
+
+
+class StreamedSource:
+    """An endless supply of source rows from a :class:`ParquetStream`, pass after pass.
+
+    ``next(count)`` returns exactly ``count`` rows (a paired step needs as many source as
+    target rows), cutting across the stream's batches. Its position (pass number, rows
+    taken in it) is saved with the run, and restoring it replays the stream to the same
+    row, so a resumed adaptation draws the same source rows.
+    """
+
+    def __init__(self, stream: ParquetStream) -> None:
+        self.stream = stream
+        self.passes = 0
+        self.consumed = 0
+        self._iterator: Iterator[Batch] | None = None
+        self._pending: Batch | None = None
+
+    def _open_pass(self) -> None:
+        self._iterator = self.stream.epoch(self.passes)
+        skipped = 0
+        self._pending = None
+        while skipped < self.consumed:
+            batch = next(self._iterator, None)
+            if batch is None:
+                break
+            if skipped + len(batch) > self.consumed:
+                self._pending = _cut(batch, self.consumed - skipped, len(batch))
+            skipped += len(batch)
+
+    def _refill(self) -> Batch:
+        while True:
+            if self._iterator is None:
+                self._open_pass()
+                if self._pending is not None and len(self._pending):
+                    return self._pending
+            assert self._iterator is not None
+            batch = next(self._iterator, None)
+            if batch is not None:
+                return batch
+            self.passes += 1
+            self.consumed = 0
+            self._iterator = None
+
+    def next(self, count: int) -> Batch:
+        """The next ``count`` rows, starting a new shuffled pass whenever one is used up."""
+        pieces = []
+        needed = count
+        while needed > 0:
+            if self._pending is None or len(self._pending) == 0:
+                self._pending = self._refill()
+            take = min(needed, len(self._pending))
+            pieces.append(_cut(self._pending, 0, take))
+            self._pending = _cut(self._pending, take, len(self._pending))
+            self.consumed += take
+            needed -= take
+        return Batch(*(torch.cat([getattr(p, name) for p in pieces]) for name in _CHUNK_FIELDS))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"passes": torch.tensor(self.passes), "consumed": torch.tensor(self.consumed)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.passes = int(state["passes"])
+        self.consumed = int(state["consumed"])
+        self._iterator = None
+        self._pending = None
+
+
+def _cut(batch: Batch, start: int, stop: int) -> Batch:
+    return Batch(*(getattr(batch, name)[start:stop] for name in _CHUNK_FIELDS))
