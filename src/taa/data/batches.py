@@ -87,8 +87,9 @@ class TensorSplit(Batch):
 
         categorical = stack(schema.categorical_names, np.dtype(np.int64))
         count = categorical.shape[0]
+        # a copy: Arrow hands out read-only arrays, which torch must not wrap
         groups = (
-            np.asarray(columns[schema.group_key], dtype=np.int64)
+            np.array(columns[schema.group_key], dtype=np.int64)
             if schema.group_key in columns
             else np.arange(count, dtype=np.int64)
         )
@@ -184,7 +185,11 @@ class IndexStream:
         return torch.arange(self.size)
 
     def next(self, count: int) -> torch.Tensor:
-        """The next ``count`` indices, starting a new permutation whenever one is used up."""
+        """The next ``count`` indices (int64 ``[count]``), starting new permutations as needed."""
+        if count < 0:
+            raise ConfigError(f"cannot draw a negative number of indices, got {count}")
+        if count == 0:
+            return torch.empty(0, dtype=torch.int64)
         pieces = []
         needed = count
         while needed > 0:
@@ -205,6 +210,11 @@ class IndexStream:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["order"]) != self.size:
+            raise DataError(
+                f"saved index stream covers {len(state['order'])} rows but this split has "
+                f"{self.size}; resume on the split the run was started with"
+            )
         self.generator.set_state(state["generator"])
         self.order = state["order"].clone()
         self.position = int(state["position"])
@@ -224,6 +234,10 @@ def epoch_slices(size: int, batch_size: int, *, training: bool) -> list[tuple[in
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if training and batch_size < 2:
+        raise ConfigError(
+            f"training batch size must be at least 2 (BatchNorm needs two rows), got {batch_size}"
+        )
     bounds = [(start, min(start + batch_size, size)) for start in range(0, size, batch_size)]
     if training and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         last = bounds.pop()
