@@ -501,3 +501,13 @@ def gather_scores(
 def broadcast_best(model: nn.Module, context: DistributedContext) -> None:
     """Give every rank rank 0's weights (rank 0 loaded them from its checkpoint)."""
     broadcast_module(model, context)
+
+
+def check_resumable(context: DistributedContext, *, resume: bool) -> None:
+    """Refuse ``--resume`` with several processes: each rank's batch stream position
+    would have to be saved too, and only rank 0 writes the run folder."""
+    if resume and context.enabled:
+        raise ConfigError(
+            f"option --resume is not supported under torchrun ({context.world_size} "
+            "processes): only rank 0's state is saved; rerun the command without --resume"
+        )
