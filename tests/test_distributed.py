@@ -178,13 +178,15 @@ def test_local_batch_size_refuses_an_uneven_split() -> None:
 
 
 def test_sync_batchnorm_swaps_layers_and_keeps_state() -> None:
-    """Check that CPU conversion replaces nested BatchNorm1d layers and keeps their values."""
+    """Check that CPU conversion swaps nested BatchNorm1d layers, keeping the same parameters."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.BatchNorm1d(4), nn.ReLU()))
     model[1][0].running_mean.fill_(0.5)
     state = {key: value.clone() for key, value in model.state_dict().items()}
+    parameters = list(model.parameters())
     converted = sync_batchnorm(model, torch.device("cpu"))
     assert type(converted[1][0]) is GlobalBatchNorm1d
+    assert all(a is b for a, b in zip(converted.parameters(), parameters, strict=True))
     assert converted.state_dict().keys() == state.keys()
     for key, value in converted.state_dict().items():
         assert torch.equal(value, state[key])

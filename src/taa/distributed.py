@@ -217,8 +217,9 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Make every BatchNorm layer normalise over the global batch.
 
     GPUs use ``torch.nn.SyncBatchNorm``; other devices swap ``BatchNorm1d`` layers for
-    :class:`GlobalBatchNorm1d` in place. Parameters and buffers keep their names and
-    values, so state dicts load either way.
+    :class:`GlobalBatchNorm1d` in place. The new layers hold the same parameter and
+    buffer objects under the same names, so an existing optimizer keeps working and
+    state dicts load either way.
     """
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
@@ -230,8 +231,14 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
                 child.momentum,
                 child.affine,
                 child.track_running_stats,
-            ).to(device)
-            replacement.load_state_dict(child.state_dict())
+                device=device,
+            )
+            # Reuse the very parameter and buffer objects, so an optimizer made before
+            # the conversion still updates them.
+            for key, value in child.named_parameters(recurse=False):
+                setattr(replacement, key, value)
+            for key, value in child.named_buffers(recurse=False):
+                replacement.register_buffer(key, value)
             replacement.train(child.training)
             setattr(module, name, replacement)
         else:
