@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train_support import TINY_MODEL, make_rows, tiny_schema
 from torch import nn
 
 from taa.data.batches import TensorSplit
@@ -12,6 +11,7 @@ from taa.errors import ConfigError
 from taa.models.base import build_model
 from taa.modules.critic import Critic, DomainClassifier, gradient_penalty, reverse_gradient
 from taa.train.steps import DannStep, TaaStep
+from test_train_support import TINY_MODEL, make_rows, tiny_schema
 
 
 def linear_critic(weights: list[float], bias: float = 0.3) -> nn.Linear:
@@ -75,7 +75,9 @@ def test_gradient_penalty_trains_the_critic() -> None:
     d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||; for w = (3, 4): 2 * 4 * (0.6, 0.8).
     """
     critic = linear_critic([3.0, 4.0])
-    gradient_penalty(lambda x: critic(x).squeeze(-1), torch.zeros(3, 2), torch.ones(3, 2)).backward()
+    gradient_penalty(
+        lambda x: critic(x).squeeze(-1), torch.zeros(3, 2), torch.ones(3, 2)
+    ).backward()
     assert critic.weight.grad[0].tolist() == pytest.approx([4.8, 6.4], rel=1e-6)
 
 
@@ -112,13 +114,26 @@ def _parts(method: str = "taa") -> tuple:
     }
     if method == "dann":
         step = DannStep(
-            model, model, model_optimizer, target, **common, classifiers=critics,
-            classifier_optimizer=critic_optimizer, adversarial_weight=0.5,
+            model,
+            model,
+            model_optimizer,
+            target,
+            **common,
+            classifiers=critics,
+            classifier_optimizer=critic_optimizer,
+            adversarial_weight=0.5,
         )
     else:
         step = TaaStep(
-            model, model, model_optimizer, target, **common, critics=critics,
-            critic_optimizer=critic_optimizer, critic_steps=2, gp_weight=10.0,
+            model,
+            model,
+            model_optimizer,
+            target,
+            **common,
+            critics=critics,
+            critic_optimizer=critic_optimizer,
+            critic_steps=2,
+            gp_weight=10.0,
             adversarial_weight=0.1,
         )
     return step, model, critics
@@ -195,7 +210,9 @@ def test_taa_step_gives_a_gradient_to_every_model_parameter() -> None:
     before = _snapshot(model)
     step(torch.arange(16), torch.arange(16))
     names = [name for name, _ in model.named_parameters()]
-    unchanged = [name for name, moved in zip(names, _changed(model, before)) if not moved]
+    unchanged = [
+        name for name, moved in zip(names, _changed(model, before), strict=True) if not moved
+    ]
     assert unchanged == []
 
 

@@ -111,7 +111,7 @@ def test_task_metrics_gives_nan_and_a_warning_naming_the_task() -> None:
 
 def test_task_metrics_refuses_rows_without_labels() -> None:
     """Check that NaN labels are refused with a message pointing to taa predict."""
-    with pytest.raises(DataError, match="rows without labels.*taa predict"):
+    with pytest.raises(DataError, match=r"rows without labels.*taa predict"):
         task_metrics(np.full((2, 1), np.nan), np.full((2, 1), 0.5), [0, 0], ("click",))
 
 

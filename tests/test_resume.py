@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from test_train_support import TINY_MODEL, make_dataset
 
 from taa.errors import ConfigError
 from taa.train import AdaptConfig, PretrainConfig, adapt, pretrain
 from taa.train.steps import TaaStep
+from test_train_support import TINY_MODEL, make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,16 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     dataset = make_dataset(root / "data", source_rows=240, sample_rows=48, valid_rows=40)
     result = pretrain(
         PretrainConfig(
-            dataset=dataset, domain="S", model="mmoe", model_config=TINY_MODEL, epochs=1,
-            batch_size=32, lr=0.02, threads=1, quiet=True, run_dir=root / "source",
+            dataset=dataset,
+            domain="S",
+            model="mmoe",
+            model_config=TINY_MODEL,
+            epochs=1,
+            batch_size=32,
+            lr=0.02,
+            threads=1,
+            quiet=True,
+            run_dir=root / "source",
         )
     )
     return dataset, result.best_checkpoint
@@ -125,5 +133,5 @@ def test_resume_without_a_training_state_is_refused(
 ) -> None:
     """Check that --resume on a folder without last.pt says there is nothing to resume."""
     dataset, checkpoint = source
-    with pytest.raises(ConfigError, match="last.pt does not exist, so there is nothing"):
+    with pytest.raises(ConfigError, match=r"last.pt does not exist, so there is nothing"):
         adapt(taa_config(dataset, checkpoint, tmp_path / "empty", resume=True))

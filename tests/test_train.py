@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train_support import TINY_MODEL, make_dataset, make_rows, tiny_schema
 
 from taa.data.batches import TensorSplit
 from taa.errors import ConfigError, DataError
 from taa.train import PretrainConfig, RunResult, load_checkpoint, pretrain
 from taa.train.pretrain import holdout_split
+from test_train_support import TINY_MODEL, make_dataset, make_rows, tiny_schema
 
 
 def tiny_pretrain(dataset: Path, run_dir: Path, **options: object) -> PretrainConfig:
@@ -138,7 +138,7 @@ def test_load_checkpoint_refuses_a_training_state(pretrained: tuple[Path, RunRes
 
 def test_load_checkpoint_names_a_missing_file(tmp_path: Path) -> None:
     """Check that a missing checkpoint path is named with where checkpoints come from."""
-    with pytest.raises(DataError, match="no such checkpoint.*taa pretrain"):
+    with pytest.raises(DataError, match=r"no such checkpoint.*taa pretrain"):
         load_checkpoint(tmp_path / "nothing.pt")
 
 
@@ -154,7 +154,7 @@ def test_same_seed_gives_the_same_metrics(
 def test_existing_run_folder_is_refused(pretrained: tuple[Path, RunResult]) -> None:
     """Check that rerunning into a used folder asks for --resume or --overwrite."""
     dataset, result = pretrained
-    with pytest.raises(ConfigError, match="already exists; pass --resume.*--overwrite"):
+    with pytest.raises(ConfigError, match=r"already exists; pass --resume.*--overwrite"):
         pretrain(tiny_pretrain(dataset, result.run_dir))
 
 
@@ -172,7 +172,9 @@ def test_overwrite_starts_the_run_again(tmp_path: Path) -> None:
 def test_task_weights_must_match_the_tasks(tmp_path: Path) -> None:
     """Check that --task-weights with the wrong count names both counts and the tasks."""
     dataset = make_dataset(tmp_path / "data", source_rows=60)
-    with pytest.raises(ConfigError, match=r"got 3 weights .* for 2 tasks \['click', 'conversion'\]"):
+    with pytest.raises(
+        ConfigError, match=r"got 3 weights .* for 2 tasks \['click', 'conversion'\]"
+    ):
         pretrain(tiny_pretrain(dataset, tmp_path / "run", task_weights=(1.0, 1.0, 1.0)))
 
 

@@ -166,11 +166,11 @@ class PretrainConfig(RunOptions):
 
     domain: str = field(metadata=_option("Source domain to train on (e.g. ES, or A)."))
     valid_fraction: float = field(
-        default=0.1, metadata=_option("Share of the train rows held out for early stopping.")
+        default=0.1, metadata=_option("Share of the train search pages held out for early stopping.")
     )
     stratify: bool = field(
         default=True,
-        metadata=_option("Draw the validation rows per label combination (keeps positives)."),
+        metadata=_option("Draw validation pages per label stratum (keeps rare positives)."),
     )
 
     def __post_init__(self) -> None:
@@ -351,7 +351,9 @@ class PredictConfig:
         'auto'
     """
 
-    model: Path = field(metadata=_option("Checkpoint (.pt) to score with."))
+    model: Path = field(
+        metadata=_option("Checkpoint (.pt) or a model made by `taa export` (.onnx, TorchScript).")
+    )
     dataset: Path = field(
         metadata=_option("Prepared dataset folder whose vocabulary encodes the input.")
     )

@@ -61,12 +61,12 @@ def collect_outputs(
             if with_features:
                 for task, feature in enumerate(output.features):
                     features[task].append(feature.float())
-    if not probabilities:
-        raise DataError("cannot score an empty split (0 rows)")
-    stacked = torch.cat(probabilities).cpu().numpy().astype(np.float64)
-    if not with_features:
-        return stacked, None
-    return stacked, [torch.cat(pieces) for pieces in features]
+        if not probabilities:
+            raise DataError("cannot score an empty split (0 rows)")
+        stacked = torch.cat(probabilities).cpu().numpy().astype(np.float64)
+        if not with_features:
+            return stacked, None
+        return stacked, [torch.cat(pieces) for pieces in features]
 
 
 def evaluate_model(

@@ -3,7 +3,8 @@
 Scoring is split in two so that other model formats plug in without touching the rest:
 
 * a :class:`Scorer` maps encoded inputs (categorical ``[B, F]``, numerical ``[B, N]``)
-  to probabilities ``[B, T]``; :class:`TorchScorer` wraps a checkpoint;
+  to probabilities ``[B, T]``; :class:`TorchScorer` wraps a checkpoint and
+  ``taa.export.ExportedScorer`` an exported ONNX or TorchScript file;
 * :func:`predict` reads the input through ``taa.data.encode.load_for_scoring`` (with the
   dataset's vocabulary), feeds it to a scorer in batches and writes the input's id
   columns with one ``<task>_probability`` column per task, as CSV or Parquet.
@@ -12,7 +13,6 @@ Scoring is split in two so that other model formats plug in without touching the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,22 +84,31 @@ class TorchScorer:
         return output.probabilities.float().cpu().numpy().astype(np.float64)
 
 
-#: Scorer builders by file suffix; an exporter adds e.g. ``".onnx"`` here.
-SCORER_LOADERS: dict[str, Callable[[Path, torch.device, str], Scorer]] = {
-    ".pt": lambda path, device, precision: TorchScorer.from_checkpoint(path, device, precision),
-}
+def load_scorer(
+    path: str | Path, device: torch.device, precision: str = "fp32", threads: int = 0
+) -> Scorer:
+    """The scorer for a model file.
 
+    A file written by ``taa export`` (``.onnx``, or a TorchScript archive carrying taa's
+    metadata) is scored by :class:`taa.export.ExportedScorer`; a ``.pt`` training
+    checkpoint by :class:`TorchScorer`.
+    """
+    from taa.export import ExportedScorer, export_format_of
 
-def load_scorer(path: str | Path, device: torch.device, precision: str = "fp32") -> Scorer:
-    """The scorer for a model file, chosen by its suffix (see :data:`SCORER_LOADERS`)."""
     path = Path(path)
-    loader = SCORER_LOADERS.get(path.suffix.lower())
-    if loader is None:
-        raise ConfigError(
-            f"option --model got {str(path)!r}; allowed: a model file ending in "
-            f"{' or '.join(sorted(SCORER_LOADERS))}; pass a run's checkpoints/best.pt"
+    if not path.is_file():
+        raise DataError(
+            f"option --model: {path} does not exist; pass a run's checkpoints/best.pt or a "
+            "file made by `taa export`"
         )
-    return loader(path, device, precision)
+    if export_format_of(path) is not None:
+        return ExportedScorer.load(path, threads=threads)
+    if path.suffix.lower() != ".pt":
+        raise ConfigError(
+            f"option --model got {str(path)!r}; allowed: a checkpoint (.pt) or a model made "
+            "by `taa export` (.onnx, TorchScript .pt)"
+        )
+    return TorchScorer.from_checkpoint(path, device, precision)
 
 
 def score_split(scorer: Scorer, split: TensorSplit, batch_size: int = 8192) -> np.ndarray:
@@ -164,7 +173,7 @@ def predict(config: PredictConfig, scorer: Scorer | None = None) -> Path:
     apply_threads(config.threads)
     device = resolve_device(config.device)
     schema = Schema.load(config.dataset)
-    scorer = scorer or load_scorer(config.model, device, config.precision)
+    scorer = scorer or load_scorer(config.model, device, config.precision, config.threads)
     if scorer.schema_digest != schema.digest():
         raise SchemaMismatchError(
             f"model {config.model} was trained on schema {scorer.schema_digest} but dataset "
