@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shutil
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -566,12 +568,14 @@ def _arrays(matrix: np.ndarray, text: bool = False) -> list[Any]:
 
 
 def _zip_member(archive: zipfile.ZipFile, source: Path, name: str, compress: int) -> None:
-    """Stream ``source`` into ``archive`` as ``name`` with a fixed date, so runs are byte-equal."""
-    info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-    info.compress_type = compress
-    info.external_attr = 0o644 << 16
-    with open(source, "rb") as reader, archive.open(info, "w", force_zip64=True) as writer:
-        shutil.copyfileobj(reader, writer, 1 << 20)
+    """Add ``source`` to ``archive`` as ``name`` with a fixed date and mode, so runs are byte-equal.
+
+    The archive records the file's local modification time and mode; both are set first.
+    """
+    stamp = time.mktime((2020, 1, 1, 0, 0, 0, 0, 1, -1))  # local midnight in any time zone
+    os.chmod(source, 0o644)
+    os.utime(source, (stamp, stamp))
+    archive.write(source, arcname=name, compress_type=compress, compresslevel=1)
 
 
 def _zip_country(work: Path, raw: Path, code: str) -> Path:
@@ -582,7 +586,7 @@ def _zip_country(work: Path, raw: Path, code: str) -> Path:
             for split in ("train", "test"):
                 stem = f"{code}_{kind}_{split}"
                 inner_path = work / f"{stem}.zip"
-                with zipfile.ZipFile(inner_path, "w", compresslevel=1) as inner:
+                with zipfile.ZipFile(inner_path, "w") as inner:
                     _zip_member(inner, work / f"{stem}.csv", f"{stem}.csv", zipfile.ZIP_DEFLATED)
                 _zip_member(outer, inner_path, f"{stem}.zip", zipfile.ZIP_STORED)
                 (work / f"{stem}.csv").unlink()
@@ -650,12 +654,15 @@ def _simulate_country(
         archive = _zip_country(work, root / "raw", code)
         work.rmdir()
         path = processed or archive
+    train = statistics["train"]
+    oracle = train["oracle_click_auc"]
     logger.info(
-        "country %s: train CTR %.4f CTCVR %.5f, true-weight click AUC %s",
+        "country %s: %d train rows, CTR %.4f, CTCVR %.5f, true-weight click AUC %s",
         code.upper(),
-        statistics["train"]["click_rate"],
-        statistics["train"]["conversion_rate"],
-        statistics["train"]["oracle_click_auc"],
+        train["rows"],
+        train["click_rate"],
+        train["conversion_rate"],
+        "undefined" if oracle is None else f"{oracle:.3f}",
     )
     return path, statistics
 
