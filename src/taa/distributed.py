@@ -160,6 +160,27 @@ def local_batch_size(batch_size: int, context: DistributedContext) -> int:
     return batch_size // context.world_size
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward is the all-reduce (sum) of the gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
+        total = gradient.clone()
+        dist.all_reduce(total)
+        return total
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of ``tensor`` over all ranks (same shape on every rank)."""
+    return _SumOverRanks.apply(tensor)
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm over the batch of every rank, for CPU (gloo) runs.
 
@@ -177,16 +198,14 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             return super().forward(input)
         if dist.get_world_size() == 1:
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)
         count = input.new_tensor([input.numel() / input.shape[1]])
-        totals = all_reduce(torch.cat([input.sum(dims), count]))
+        totals = sum_over_ranks(torch.cat([input.sum(dims), count]))
         rows = totals[-1]
         mean = totals[:-1] / rows
         centred = input - mean.view(shape)
-        variance = all_reduce((centred * centred).sum(dims)) / rows
+        variance = sum_over_ranks((centred * centred).sum(dims)) / rows
         output = centred * torch.rsqrt(variance + self.eps).view(shape)
         if self.affine:
             output = output * self.weight.view(shape) + self.bias.view(shape)
@@ -518,3 +537,15 @@ def check_resumable(context: DistributedContext, *, resume: bool) -> None:
             f"option --resume is not supported under torchrun ({context.world_size} "
             "processes): only rank 0's state is saved; rerun the command without --resume"
         )
+
+
+def start_processes(device: torch.device) -> tuple[DistributedContext, torch.device]:
+    """What every command does first: join torchrun's process group if launched by it,
+    pick this rank's device and keep the other ranks' logs quiet.
+
+    Returns:
+        The context and the device this rank computes on.
+    """
+    context = init_distributed(device)
+    quiet_other_ranks(context)
+    return context, local_device(device, context)
