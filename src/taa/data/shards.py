@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -477,3 +478,27 @@ class StreamedSource:
 
 def _cut(batch: Batch, start: int, stop: int) -> Batch:
     return Batch(*(getattr(batch, name)[start:stop] for name in _CHUNK_FIELDS))
+
+
+class PairedStreamPlan:
+    """Adaptation's batch plan when the source split is streamed: each step pairs the
+    target indices of ``target_plan`` with as many streamed source rows.
+
+    Yields ``(source batch, target index)``; both parts' positions are saved with the run.
+    """
+
+    def __init__(self, target_plan: Any, source: StreamedSource) -> None:
+        self.target_plan = target_plan
+        self.source = source
+        self.steps = target_plan.steps
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Batch, torch.Tensor]]:
+        for (target_index,) in self.target_plan.epoch(epoch):
+            yield self.source.next(len(target_index)), target_index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"target": self.target_plan.state_dict(), "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.target_plan.load_state_dict(state["target"])
+        self.source.load_state_dict(state["source"])
