@@ -166,7 +166,8 @@ class PretrainConfig(RunOptions):
 
     domain: str = field(metadata=_option("Source domain to train on (e.g. ES, or A)."))
     valid_fraction: float = field(
-        default=0.1, metadata=_option("Share of the train search pages held out for early stopping.")
+        default=0.1,
+        metadata=_option("Share of the train search pages held out for early stopping."),
     )
     stratify: bool = field(
         default=True,

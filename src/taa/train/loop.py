@@ -228,6 +228,7 @@ def fit(
         state = LoopState()
         if parts.start_from_model:
             score = _validate_and_keep(run, parts, state, {}, 0.0)
+            _save_state(run, parts, state)
             logger.info("epoch 0 (starting model): validation score %.5f", score)
 
     while state.epoch < epochs and not state.stopped_early:
@@ -271,13 +272,16 @@ def fit(
 
 
 def _log_epoch(state: LoopState, train: dict[str, Any], score: float) -> None:
-    tasks = ", ".join(f"{task} {value:.4f}" for task, value in train["task_loss"].items())
-    parts = [f"epoch {state.epoch}: loss {train['loss']:.4f} ({tasks})"]
-    if train.get("critic_loss"):
-        parts.append("critic " + ", ".join(f"{k} {v:.4f}" for k, v in train["critic_loss"].items()))
-    if train.get("wasserstein"):
-        parts.append(
-            "wasserstein " + ", ".join(f"{k} {v:.4f}" for k, v in train["wasserstein"].items())
-        )
-    parts.append(f"valid score {score:.5f}" + (" *" if state.best_epoch == state.epoch else ""))
+    """One INFO line per epoch: losses, critics, Wasserstein estimates, validation AUCs."""
+
+    def listed(values: dict[str, float]) -> str:
+        return ", ".join(f"{task} {value:.4f}" for task, value in values.items())
+
+    parts = [f"epoch {state.epoch}: loss {train['loss']:.4f} ({listed(train['task_loss'])})"]
+    for key, label in (("critic_loss", "critic loss"), ("wasserstein", "wasserstein")):
+        if train.get(key):
+            parts.append(f"{label} {listed(train[key])}")
+    valid = state.history[-1]["valid"]
+    parts.append(f"valid AUC {listed({task: item['auc'] for task, item in valid.items()})}")
+    parts.append(f"score {score:.5f}" + (" (best)" if state.best_epoch == state.epoch else ""))
     logger.info("; ".join(parts))
