@@ -601,7 +601,6 @@ def _simulate_country(
     country = _country(world, config, index)
     _calibrate(country, config.seed)
     code = country.code.lower()
-    key = _country_key(code)
     work = root / ".work" / code if config.layout in ("both", "raw") else None
     processed = (
         root / "processed" / f"AliExpress_{code.upper()}"
@@ -620,34 +619,15 @@ def _simulate_country(
         "conversion_intercept": country.conversion_intercept,
     }
     next_page = 1
-    for split_number, (split, split_rows) in enumerate(
+    for number, (split, rows) in enumerate(
         zip(("train", "test"), config.split_rows(), strict=True)
     ):
-        sizes = _page_sizes(_stream(config.seed, _PAGES, key, split_number), split_rows)
-        chunk_of_page = (np.cumsum(sizes) - 1) // CHUNK_ROWS
         writer = _SplitWriter(work, processed, code, split)
-        click_true, ctcvr_true, labels = [], [], []
         try:
-            for chunk in range(int(chunk_of_page[-1]) + 1):
-                rng = _stream(config.seed, _ROWS, key, split_number, chunk)
-                chunk_sizes = sizes[chunk_of_page == chunk]
-                rows = _draw_rows(country, rng, chunk_sizes, next_page)
-                chunk_labels, click_probability, ctcvr_probability = _draw_labels(
-                    country, rows, rng
-                )
-                writer.write(rows, chunk_labels)
-                next_page += len(chunk_sizes)
-                click_true.append(click_probability.astype(np.float32))
-                ctcvr_true.append(ctcvr_probability.astype(np.float32))
-                labels.append(chunk_labels.astype(np.int8))
+            statistics[split] = _write_split(country, config, number, rows, next_page, writer)
         finally:
             writer.close()
-        statistics[split] = _split_statistics(
-            np.concatenate(labels),
-            np.concatenate(click_true),
-            np.concatenate(ctcvr_true),
-            len(sizes),
-        )
+        next_page += statistics[split]["pages"]
     path = processed
     if work is not None:
         (root / "raw").mkdir(exist_ok=True)
@@ -665,6 +645,38 @@ def _simulate_country(
         "undefined" if oracle is None else f"{oracle:.3f}",
     )
     return path, statistics
+
+
+def _write_split(
+    country: _Country,
+    config: SimulateConfig,
+    number: int,
+    rows: int,
+    first_page: int,
+    writer: _SplitWriter,
+) -> dict[str, Any]:
+    """Draw split ``number`` (0 train, 1 test) of ``rows`` items chunk by chunk into ``writer``.
+
+    Returns the split's statistics for ``simulation.json``.
+    """
+    key = _country_key(country.code)
+    sizes = _page_sizes(_stream(config.seed, _PAGES, key, number), rows)
+    chunk_of_page = (np.cumsum(sizes) - 1) // CHUNK_ROWS
+    click_true, ctcvr_true, labels = [], [], []
+    next_page = first_page
+    for chunk in range(int(chunk_of_page[-1]) + 1):
+        rng = _stream(config.seed, _ROWS, key, number, chunk)
+        chunk_sizes = sizes[chunk_of_page == chunk]
+        drawn = _draw_rows(country, rng, chunk_sizes, next_page)
+        chunk_labels, click_probability, ctcvr_probability = _draw_labels(country, drawn, rng)
+        writer.write(drawn, chunk_labels)
+        next_page += len(chunk_sizes)
+        click_true.append(click_probability.astype(np.float32))
+        ctcvr_true.append(ctcvr_probability.astype(np.float32))
+        labels.append(chunk_labels.astype(np.int8))
+    return _split_statistics(
+        np.concatenate(labels), np.concatenate(click_true), np.concatenate(ctcvr_true), len(sizes)
+    )
 
 
 def _split_statistics(
@@ -734,5 +746,5 @@ def _config_dict(config: SimulateConfig) -> dict[str, Any]:
     data["out"] = str(config.out)
     data["countries"] = list(config.countries)
     del data["overwrite"]
-    data["max_turn_degrees"] = math.degrees(MAX_TURN) * config.shift
+    data["turn_degrees"] = math.degrees(MAX_TURN) * config.shift
     return data
