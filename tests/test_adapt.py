@@ -255,10 +255,13 @@ def test_source_loss_weight_is_refused_for_target_only() -> None:
 def test_missing_sample_names_the_available_splits(
     source: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Check that an unknown sample name lists the splits that exist and how to make one."""
+    """Check that an unknown sample name lists the existing splits and how to make one, and
+    that no run folder is left behind.
+    """
     dataset, checkpoint = source
     with pytest.raises(DataError, match=r"split 'samples/nope/train' .*run `taa sample`"):
         adapt(adapt_config(dataset, checkpoint, tmp_path / "run", "taa", sample="nope"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_divergence_warning_names_task_and_phase() -> None:

@@ -137,11 +137,16 @@ def adapt(config: AdaptConfig) -> RunResult:
         schema=schema,
         device=device,
     )
+    target_train, target_valid = _load_target(config, schema)
+    seed_everything(config.seed)
+    if source_model is None or config.method == "target-only":
+        model = build_model(model_name, schema, model_config)
+    else:
+        model = source_model
     run, resuming = RunFolder.open(
         run_dir, record, resume=config.resume, overwrite=config.overwrite
     )
     run.write_config(record, schema)
-    target_train, target_valid = _load_target(config, schema)
     logger.info(
         "adapt %s with %s: %s -> %s sample %s (%d train, %d valid rows) -> %s",
         model_name,
@@ -164,14 +169,8 @@ def adapt(config: AdaptConfig) -> RunResult:
     metadata = {**summary, "domain": config.target}
     if config.method == "source-only":
         return _source_only(
-            run, config, schema, source_model, model_name, device, metadata, summary, target_valid
+            run, config, schema, model, model_name, device, metadata, summary, target_valid
         )
-
-    seed_everything(config.seed)
-    if source_model is None or config.method == "target-only":
-        model = build_model(model_name, schema, model_config)
-    else:
-        model = source_model
     model.to(device)
     parts = _build_parts(
         config, schema, model, model_name, device, target_train, target_valid, source, metadata
@@ -350,7 +349,7 @@ def _source_only(
     run: RunFolder,
     config: AdaptConfig,
     schema: Schema,
-    model: MultiTaskModel | None,
+    model: MultiTaskModel,
     model_name: str,
     device: torch.device,
     metadata: dict[str, Any],
@@ -358,8 +357,6 @@ def _source_only(
     target_valid: TensorSplit,
 ) -> RunResult:
     """Score the source model as it is; the run folder looks like a zero-epoch run."""
-    if model is None:  # guarded by AdaptConfig; kept for a clear message if that changes
-        raise ConfigError("option --source-checkpoint is required for --method source-only")
     model.to(device)
     valid = evaluate_model(
         model,

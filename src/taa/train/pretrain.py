@@ -115,11 +115,6 @@ def pretrain(config: PretrainConfig) -> RunResult:
         schema=schema,
         device=device,
     )
-    run, resuming = RunFolder.open(
-        run_dir, record, resume=config.resume, overwrite=config.overwrite
-    )
-    run.write_config(record, schema)
-
     source = load_split(config.dataset, config.domain, "train", schema)
     where = f"{config.dataset}/{config.domain}/train"
     require_rows(source, 3, where, "pretraining needs a train and a validation part")
@@ -127,6 +122,12 @@ def pretrain(config: PretrainConfig) -> RunResult:
     train_split, valid_split = holdout_split(
         source, config.valid_fraction, config.seed, stratify=config.stratify
     )
+    seed_everything(config.seed)
+    model = build_model(model_name, schema, model_config).to(device)
+    run, resuming = RunFolder.open(
+        run_dir, record, resume=config.resume, overwrite=config.overwrite
+    )
+    run.write_config(record, schema)
     logger.info(
         "pretrain %s on %s: %d train rows, %d validation rows -> %s",
         model_name,
@@ -137,8 +138,6 @@ def pretrain(config: PretrainConfig) -> RunResult:
     )
     train_split = place(train_split, device)
 
-    seed_everything(config.seed)
-    model = build_model(model_name, schema, model_config).to(device)
     optimizer = adam(model.parameters(), config.lr, config.weight_decay)
     batch_size = min(config.batch_size, len(train_split))
     step = SupervisedStep(
