@@ -8,7 +8,7 @@ from torch import nn
 
 from taa.data.batches import TensorSplit
 from taa.errors import ConfigError
-from taa.models.base import build_model
+from taa.models.base import available_models, build_model
 from taa.modules.critic import Critic, DomainClassifier, gradient_penalty, reverse_gradient
 from taa.train.steps import DannStep, TaaStep
 from test_train_support import TINY_MODEL, make_rows, tiny_schema
@@ -96,12 +96,12 @@ def test_reverse_gradient_negates_and_scales_the_gradient() -> None:
     assert inputs.grad.tolist() == [-0.5, -0.75]
 
 
-def _parts(method: str = "taa") -> tuple:
+def _parts(method: str = "taa", model_name: str = "mmoe") -> tuple:
     torch.manual_seed(0)
     schema = tiny_schema()
     source = TensorSplit.from_arrays(make_rows(32, 0), schema)
     target = TensorSplit.from_arrays(make_rows(32, 1, shift=1.0), schema)
-    model = build_model("mmoe", schema, TINY_MODEL)
+    model = build_model(model_name, schema, TINY_MODEL)
     critics = nn.ModuleList(Critic(TINY_MODEL.feature_dim, (8,)) for _ in schema.tasks)
     model_optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     critic_optimizer = torch.optim.Adam(critics.parameters(), lr=1e-2)
@@ -204,9 +204,10 @@ def test_model_update_changes_the_model_and_not_the_critics() -> None:
     assert all(parameter.grad is None for parameter in critics.parameters())
 
 
-def test_taa_step_gives_a_gradient_to_every_model_parameter() -> None:
-    """Check that every parameter of the model moves in one TAA step."""
-    step, model, _ = _parts()
+@pytest.mark.parametrize("model_name", available_models())
+def test_taa_step_gives_a_gradient_to_every_model_parameter(model_name: str) -> None:
+    """Check that every parameter of every model moves in one TAA step."""
+    step, model, _ = _parts(model_name=model_name)
     before = _snapshot(model)
     step(torch.arange(16), torch.arange(16))
     names = [name for name, _ in model.named_parameters()]
