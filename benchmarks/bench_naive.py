@@ -1,0 +1,176 @@
+"""The TAA step fed by taa's tensor batches versus a naive per-row DataLoader pipeline.
+
+The naive pipeline is the way published multi-task recommendation code feeds its models:
+a ``torch.utils.data.Dataset`` that returns one row at a time (three NumPy arrays), a
+``DataLoader`` per domain with worker processes (``num_workers=2``), shuffling and the
+default collate, the shorter (target) loader restarted when it runs out.
+
+Both pipelines drive the SAME step object (:class:`taa.train.steps.TaaStep` with the
+defaults of ``taa adapt``), the same model and the same batch size. For the naive
+pipeline each collated batch is handed to the step as a one-batch split (the step then
+takes rows ``0..B-1`` of it, the same one ``index_select`` the fast pipeline does). The
+two are timed in alternating rounds in one process; the best round of each is kept.
+Each naive round starts fresh loader iterators (so idle workers never run during a fast
+round) and excludes its first step, which waits for the workers to start.
+
+Run: ``.venv/bin/python benchmarks/bench_naive.py [--workers 2] [--batch-size 2048]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common
+from taa.data.batches import TensorSplit
+
+Row = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class RowDataset(Dataset):
+    """One row per ``__getitem__``: categorical ``[F]`` int64, numerical ``[N]`` and labels ``[T]``.
+
+    Example:
+        >>> split = _common.synthetic_split(4, _common.aliexpress_spec(), seed=0)
+        >>> [part.shape for part in RowDataset(split)[0]]
+        [(16,), (63,), (2,)]
+    """
+
+    def __init__(self, split: TensorSplit) -> None:
+        self.categorical = split.categorical.numpy()
+        self.numerical = split.numerical.numpy()
+        self.labels = split.labels.numpy()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Row:
+        return self.categorical[index], self.numerical[index], self.labels[index]
+
+
+def loader(split: TensorSplit, batch_size: int, workers: int, seed: int) -> DataLoader:
+    """A shuffling DataLoader over :class:`RowDataset` with the default collate."""
+    return DataLoader(
+        RowDataset(split),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def paired_batches(
+    source: DataLoader, target: DataLoader
+) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Endless (source, target) batch pairs; each loader restarts when it runs out."""
+    source_iterator, target_iterator = iter(source), iter(target)
+    while True:
+        try:
+            source_batch = next(source_iterator)
+        except StopIteration:
+            source_iterator = iter(source)
+            source_batch = next(source_iterator)
+        try:
+            target_batch = next(target_iterator)
+        except StopIteration:
+            target_iterator = iter(target)
+            target_batch = next(target_iterator)
+        yield source_batch, target_batch
+
+
+def as_split(batch: list[torch.Tensor]) -> TensorSplit:
+    categorical, numerical, labels = batch
+    groups = torch.zeros(len(labels), dtype=torch.int64)
+    return TensorSplit(categorical, numerical, labels, groups)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time the fast and the naive pipeline on the same step; returns the figures."""
+    device = _common.resolve_device(args.device)
+    bundle = _common.build_taa_step(
+        args, device, source_rows=args.source_rows, target_rows=args.target_rows
+    )
+    step = bundle.step
+    fast_source, fast_target = step.source, step.target
+    rows = torch.arange(args.batch_size)
+
+    def fast() -> None:
+        step.source, step.target = fast_source, fast_target
+        bundle.run_one()
+
+    def naive_round() -> float:
+        source_loader = loader(fast_source, args.batch_size, args.workers, args.seed)
+        target_loader = loader(fast_target, args.batch_size, args.workers, args.seed + 1)
+        pairs = paired_batches(source_loader, target_loader)
+
+        def naive() -> None:
+            source_batch, target_batch = next(pairs)
+            step.source, step.target = as_split(source_batch), as_split(target_batch)
+            step(rows, rows)
+
+        seconds = _common.timed_steps(naive, args.steps, 1, device)
+        pairs.close()  # ends the loader iterators, so their workers exit
+        return seconds
+
+    fast()
+    fast_seconds, naive_seconds = [], []
+    for _ in range(max(args.rounds, 1)):
+        fast_seconds.append(_common.timed_steps(fast, args.steps, 0, device))
+        naive_seconds.append(naive_round())
+        time.sleep(0.2)  # let the exiting workers leave the CPU before the next fast round
+    step.source, step.target = fast_source, fast_target
+    fast_rate = args.batch_size / min(fast_seconds)
+    naive_rate = args.batch_size / min(naive_seconds)
+    return {
+        "benchmark": "naive",
+        "model": args.model,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "fast_rows_per_second": fast_rate,
+        "naive_rows_per_second": naive_rate,
+        "speedup": fast_rate / naive_rate,
+        "fast_seconds_per_step": min(fast_seconds),
+        "naive_seconds_per_step": min(naive_seconds),
+    }
+
+
+def report(figures: dict[str, Any]) -> str:
+    return (
+        f"naive     {figures['model']} {figures['precision']} batch {figures['batch_size']}: "
+        f"taa batches {figures['fast_rows_per_second']:,.0f} target rows/s vs per-row "
+        f"DataLoader ({figures['workers']} workers per domain) "
+        f"{figures['naive_rows_per_second']:,.0f} target rows/s = {figures['speedup']:.2f}x"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    result = _common.common_arguments(argparse.ArgumentParser(description=__doc__))
+    result.add_argument("--source-rows", type=int, default=65536, help="source split rows")
+    result.add_argument("--target-rows", type=int, default=16384, help="target sample rows")
+    result.add_argument("--workers", type=int, default=2, help="DataLoader workers per domain")
+    result.set_defaults(steps=2, rounds=2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parser().parse_args(argv)
+    _common.set_threads(args.threads)
+    figures = run(args)
+    _common.emit(report(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
