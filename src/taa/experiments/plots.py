@@ -104,8 +104,18 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
     auc_axis.set_xlabel("epoch")
     auc_axis.set_ylabel("AUC")
     auc_axis.set_title("validation AUC")
-    if auc_axis.get_lines():
+    if any(_finite(list(line.get_ydata())) for line in auc_axis.get_lines()):
         auc_axis.legend(fontsize="small")
+    else:
+        auc_axis.text(
+            0.5,
+            0.5,
+            "AUC undefined in every epoch\n(a validation split with one class)",
+            ha="center",
+            va="center",
+            transform=auc_axis.transAxes,
+            color="grey",
+        )
     if title:
         figure.suptitle(title)
     return _save(figure, path)

@@ -215,7 +215,10 @@ def run_sections(
         section.paragraphs.append("The run has not finished: no final_metrics.json yet.")
     history = read_history(run_dir)
     label = " ".join(part for part in (method, model) if part)
-    if history:
+    trained = [record for record in history if int(record.get("epoch", 1)) > 0]
+    if history and not trained:
+        section.paragraphs.append("No training epochs: the model was evaluated as it is.")
+    elif history:
         stem = _slug(prefix + run_dir.name)
         curves = plot_training_curves(history, plots / f"{stem}-curves.png", title=label)
         section.images.append(Image(curves, "Training loss and validation metrics per epoch."))

@@ -1,0 +1,735 @@
+"""Resumable experiment grids: models x methods x target fractions x seeds for one domain pair.
+
+A grid config (TOML or YAML; see ``examples/grid-simulated.toml`` and docs/commands/grid.md)
+names the data, the lists to cross and the training options. :func:`run_grid` prepares the
+data once, then for every seed pretrains each model on the source, draws each target
+sample and adapts with each method. The output folder::
+
+    OUT/grid.json                                   # the resolved config
+    OUT/work/...                                    # simulated data and the prepared dataset
+    OUT/runs/<model>/pretrain/s<seed>/              # one source model per (model, seed)
+    OUT/runs/<model>/<method>/f<fraction>/s<seed>/  # one run folder per cell
+    OUT/results.csv                                 # one row per cell and task
+    OUT/summary.csv, OUT/summary.md                 # mean, std, 95 % interval over seeds
+    OUT/plots/auc_by_fraction.png, logloss_by_fraction.png
+
+A cell whose run folder holds ``final_metrics.json`` is finished and skipped, so an
+interrupted grid continues where it stopped when run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from taa.errors import ConfigError, TaaError
+from taa.experiments.pipeline import DataSpec, PipelineSteps, PreparedPair
+from taa.experiments.results import RunSummary, is_finished, read_final_metrics
+from taa.experiments.stats import GroupSummary, summarize
+from taa.experiments.tables import Table, format_number
+from taa.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+GRID_MANIFEST = "grid.json"
+RESULTS_FILE = "results.csv"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MARKDOWN = "summary.md"
+SUMMARY_METRICS = ("auc", "logloss", "gauc")
+RESULT_COLUMNS = (
+    "model",
+    "method",
+    "fraction",
+    "seed",
+    "task",
+    "auc",
+    "logloss",
+    "gauc",
+    "rows",
+    "positives",
+    "best_epoch",
+    "epochs_run",
+    "run_dir",
+)
+TOP_LEVEL_KEYS = (
+    "out",
+    "data",
+    "models",
+    "methods",
+    "fractions",
+    "seeds",
+    "valid_fraction",
+    "keep_going",
+    "train",
+    "pretrain",
+    "adapt",
+    "model",
+)
+#: Options the grid sets itself for every cell; a config may not set them.
+GRID_OWNED_OPTIONS = frozenset(
+    {
+        "dataset",
+        "model",
+        "model_config",
+        "seed",
+        "run_dir",
+        "resume",
+        "overwrite",
+        "quiet",
+        "domain",
+        "target",
+        "source",
+        "sample",
+        "method",
+        "source_checkpoint",
+    }
+)
+
+
+@dataclass
+class GridConfig:
+    """A grid over models x methods x target fractions x seeds for one source -> target pair.
+
+    Attributes:
+        data: where the source and target domains come from.
+        models: registered model names (e.g. ``mmoe``, ``ple``, ``aitm``).
+        methods: adaptation methods (``taa``, ``finetune``, ``dann``, ``target-only``,
+            ``source-only``).
+        fractions: target sample fractions in (0, 1], e.g. ``0.01``.
+        seeds: seeds; each seed draws its own target sample and pretrains its own source
+            model, so the spread over seeds includes both.
+        valid_fraction: share of each target sample held out to select epochs.
+        train: options given to both pretraining and adaptation (``epochs``,
+            ``batch_size``, ``lr``, ``patience``, ``device``, ...).
+        pretrain: options for pretraining only (override ``train``).
+        adapt: options for adaptation only (override ``train``; ``critic_steps``, ...).
+        model: model sizes (:class:`~taa.models.base.ModelConfig` fields).
+        keep_going: a failed cell is logged and the grid goes on (the failures are
+            raised together at the end); off: the first failure stops the grid.
+        out: default output folder (the command's ``--out`` wins).
+    """
+
+    data: DataSpec
+    models: tuple[str, ...]
+    methods: tuple[str, ...]
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    valid_fraction: float = 0.2
+    train: dict[str, Any] = field(default_factory=dict)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    adapt: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    keep_going: bool = True
+    out: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values, as written to ``grid.json``."""
+        data = dataclasses.asdict(self)
+        data["data"] = self.data.to_dict()
+        data["out"] = None if self.out is None else str(self.out)
+        return data
+
+
+def _where(source: str, key: str) -> str:
+    return f"{source}: {key}" if source else key
+
+
+def _as_list(value: Any, key: str, source: str) -> list[Any]:
+    if isinstance(value, (str, int, float)):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f"{_where(source, key)} must be a non-empty list, got {value!r}; "
+            f'write e.g. {key} = ["a", "b"]'
+        )
+    return value
+
+
+def _check_unique(values: list[Any], key: str, source: str) -> None:
+    repeated = sorted({str(item) for item in values if values.count(item) > 1})
+    if repeated:
+        raise ConfigError(f"{_where(source, key)} lists {repeated} more than once; keep one")
+
+
+def _check_options(options: Any, key: str, source: str, allowed: Iterable[str]) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ConfigError(
+            f"{_where(source, key)} must be a table of options, got {type(options).__name__}"
+        )
+    owned = sorted(set(options) & GRID_OWNED_OPTIONS)
+    if owned:
+        raise ConfigError(
+            f"{_where(source, key)} sets {owned}, which the grid sets for every cell; "
+            "remove them (use models, methods, fractions, seeds and data instead)"
+        )
+    known = set(allowed)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"{_where(source, key)} has unknown options {unknown}; allowed: "
+            f"{sorted(known - GRID_OWNED_OPTIONS)}"
+        )
+    return dict(options)
+
+
+def _option_names() -> tuple[set[str], set[str], set[str], set[str]]:
+    """Fields of the trainers' configs: (shared, pretrain, adapt, model)."""
+    from taa.models.base import ModelConfig
+    from taa.train.config import AdaptConfig, PretrainConfig, RunOptions
+
+    def names(config_class: type) -> set[str]:
+        return {item.name for item in dataclasses.fields(config_class)}
+
+    return names(RunOptions), names(PretrainConfig), names(AdaptConfig), names(ModelConfig)
+
+
+def grid_config_from_dict(data: dict[str, Any], source: str = "") -> GridConfig:
+    """Build and check a :class:`GridConfig` from parsed TOML or YAML.
+
+    Args:
+        data: the parsed file.
+        source: the file name, used in error messages.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or a value out of range; the message
+            names the key and the value and says what is allowed.
+    """
+    from taa.models.base import available_models
+    from taa.train.config import METHODS
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source or 'grid config'}: expected a table of keys at the top")
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{source or 'grid config'}: unknown keys {unknown}; allowed: {list(TOP_LEVEL_KEYS)}"
+        )
+    for required in ("data", "models", "methods", "fractions", "seeds"):
+        if required not in data:
+            raise ConfigError(
+                f"{source or 'grid config'}: missing key {required!r}; see "
+                "examples/grid-simulated.toml for a complete config"
+            )
+
+    models = [str(item) for item in _as_list(data["models"], "models", source)]
+    choices = available_models()
+    for name in models:
+        if name not in choices:
+            raise ConfigError(
+                f"{_where(source, 'models')}: unknown model {name!r}; choose from {choices}"
+            )
+    _check_unique(models, "models", source)
+
+    methods = [str(item) for item in _as_list(data["methods"], "methods", source)]
+    for name in methods:
+        if name not in METHODS:
+            raise ConfigError(
+                f"{_where(source, 'methods')}: unknown method {name!r}; choose from {list(METHODS)}"
+            )
+    _check_unique(methods, "methods", source)
+
+    fractions = []
+    for item in _as_list(data["fractions"], "fractions", source):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise ConfigError(f"{_where(source, 'fractions')}: {item!r} is not a number")
+        if not 0.0 < float(item) <= 1.0:
+            raise ConfigError(
+                f"{_where(source, 'fractions')}: {item} is outside (0, 1]; a fraction is a "
+                "share of the target train rows, e.g. 0.01 for 1 %"
+            )
+        fractions.append(float(item))
+    _check_unique(fractions, "fractions", source)
+
+    seeds = []
+    for item in _as_list(data["seeds"], "seeds", source):
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise ConfigError(
+                f"{_where(source, 'seeds')}: {item!r} is not an integer >= 0; write e.g. "
+                "seeds = [0, 1, 2]"
+            )
+        seeds.append(item)
+    _check_unique(seeds, "seeds", source)
+
+    valid_fraction = data.get("valid_fraction", 0.2)
+    if (
+        isinstance(valid_fraction, bool)
+        or not isinstance(valid_fraction, (int, float))
+        or not (0.0 < float(valid_fraction) < 1.0)
+    ):
+        raise ConfigError(
+            f"{_where(source, 'valid_fraction')} must be a number strictly between 0 and 1, "
+            f"got {valid_fraction!r}"
+        )
+
+    shared, pretrain_fields, adapt_fields, model_fields = _option_names()
+    train = _check_options(data.get("train"), "train", source, shared)
+    pretrain = _check_options(data.get("pretrain"), "pretrain", source, pretrain_fields)
+    adapt = _check_options(data.get("adapt"), "adapt", source, adapt_fields)
+    model = _check_options(data.get("model"), "model", source, model_fields)
+
+    keep_going = data.get("keep_going", True)
+    if not isinstance(keep_going, bool):
+        raise ConfigError(f"{_where(source, 'keep_going')} must be true or false")
+    out = data.get("out")
+    config = GridConfig(
+        data=DataSpec.from_dict(data["data"], source=source),
+        models=tuple(models),
+        methods=tuple(methods),
+        fractions=tuple(fractions),
+        seeds=tuple(seeds),
+        valid_fraction=float(valid_fraction),
+        train=train,
+        pretrain=pretrain,
+        adapt=adapt,
+        model=model,
+        keep_going=keep_going,
+        out=None if out is None else Path(str(out)),
+    )
+    _check_trainer_options(config, source)
+    return config
+
+
+def _check_trainer_options(config: GridConfig, source: str) -> None:
+    """Build each trainer config once with placeholder names so bad values fail up front."""
+    from taa.models.base import ModelConfig
+    from taa.train.config import AdaptConfig, PretrainConfig
+
+    try:
+        model_config = ModelConfig.from_dict(config.model)
+        PretrainConfig(
+            dataset=Path("."),
+            domain="source",
+            model_config=model_config,
+            **{**config.train, **config.pretrain},
+        )
+        for method in config.methods:
+            AdaptConfig(
+                dataset=Path("."),
+                target="target",
+                sample="sample",
+                method=method,
+                source_checkpoint=Path("best.pt"),
+                model_config=model_config,
+                **{**config.train, **config.adapt},
+            )
+    except ConfigError as error:
+        raise ConfigError(f"{source or 'grid config'}: {error}") from error
+    except TypeError as error:
+        raise ConfigError(f"{source or 'grid config'}: bad option value ({error})") from error
+
+
+def load_grid_config(path: str | Path) -> GridConfig:
+    """Read a grid config from a ``.toml``, ``.yaml`` or ``.yml`` file.
+
+    Raises:
+        ConfigError: the file is missing, cannot be parsed, or fails validation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid config {path} not found; pass a .toml or .yaml file")
+    suffix = path.suffix.lower()
+    text = path.read_text()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(
+                f"grid config {path}: unknown suffix {suffix!r}; use .toml, .yaml or .yml"
+            )
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"grid config {path}: not valid TOML ({error})") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"grid config {path}: not valid YAML ({error})") from error
+    return grid_config_from_dict(data, source=str(path))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: a model adapted with a method on a target sample of a seed."""
+
+    model: str
+    method: str
+    fraction: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.method}/f{self.fraction:g}/s{self.seed}"
+
+
+def cells_of(config: GridConfig) -> list[Cell]:
+    """Every cell of the grid, seeds outermost so that each seed's sources are reused early."""
+    return [
+        Cell(model, method, fraction, seed)
+        for seed in config.seeds
+        for model in config.models
+        for fraction in config.fractions
+        for method in config.methods
+    ]
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    """The run folder of a cell."""
+    return out / "runs" / cell.model / cell.method / f"f{cell.fraction:g}" / f"s{cell.seed}"
+
+
+def pretrain_dir(out: Path, model: str, seed: int) -> Path:
+    """The run folder of the source model of ``model`` and ``seed``."""
+    return out / "runs" / model / "pretrain" / f"s{seed}"
+
+
+class GridSteps(Protocol):
+    """What the grid needs done; :class:`~taa.experiments.pipeline.PipelineSteps` does it."""
+
+    def prepare(self, spec: DataSpec, work: Path) -> PreparedPair: ...
+
+    def sample(
+        self, pair: PreparedPair, fraction: float, seed: int, valid_fraction: float
+    ) -> str: ...
+
+    def pretrain(
+        self, pair: PreparedPair, model: str, seed: int, run_dir: Path, options: dict[str, Any]
+    ) -> Path: ...
+
+    def adapt(
+        self,
+        pair: PreparedPair,
+        method: str,
+        sample: str,
+        seed: int,
+        source_checkpoint: Path,
+        run_dir: Path,
+        options: dict[str, Any],
+    ) -> Path: ...
+
+
+@dataclass
+class GridResult:
+    """What :func:`run_grid` did and wrote.
+
+    Attributes:
+        out: the grid's output folder.
+        cells: every cell in order.
+        ran: cells trained in this call.
+        skipped: cells already finished before this call.
+        failed: cells that raised, with the error message.
+        results_csv, summary_csv, summary_markdown: the tables written.
+        plots: the PNG plots written.
+        summaries: the statistics over seeds per (model, method, fraction, task, metric).
+    """
+
+    out: Path
+    cells: list[Cell]
+    ran: list[Cell]
+    skipped: list[Cell]
+    failed: dict[Cell, str]
+    results_csv: Path
+    summary_csv: Path
+    summary_markdown: Path
+    plots: list[Path]
+    summaries: list[GroupSummary]
+
+
+def run_grid(
+    config: GridConfig,
+    out: str | Path | None = None,
+    *,
+    steps: GridSteps | None = None,
+    on_cell: Callable[[Cell, str], None] | None = None,
+) -> GridResult:
+    """Run every unfinished cell of a grid, then write the results, summary and plots.
+
+    Args:
+        config: the grid.
+        out: output folder; default ``config.out``, else ``runs/grid``.
+        steps: what prepares, samples, pretrains and adapts; the real trainers by default
+            (tests pass a stand-in that counts calls).
+        on_cell: called with each cell and ``"ran"``, ``"skipped"`` or ``"failed"``, e.g.
+            to move a progress bar.
+
+    Raises:
+        TaaError: some cells failed (after all others ran, when ``keep_going``).
+    """
+    out = Path(out) if out is not None else (config.out or Path("runs") / "grid")
+    out.mkdir(parents=True, exist_ok=True)
+    steps = steps or PipelineSteps(quiet=True)
+    _write_manifest(out, config)
+
+    pair = steps.prepare(config.data, out / "work")
+    model_options = {"model_config": dict(config.model)}
+    pretrain_options = {**config.train, **config.pretrain, **model_options}
+    adapt_options = {**config.train, **config.adapt}
+
+    cells = cells_of(config)
+    ran: list[Cell] = []
+    skipped: list[Cell] = []
+    failed: dict[Cell, str] = {}
+    # A sample or source model is made once and shared by every cell that needs it; a
+    # failure is remembered too, so the cells that depend on it fail without retrying.
+    shared: dict[tuple[Any, ...], Path | str | Exception] = {}
+
+    def once(key: tuple[Any, ...], make: Callable[[], Path | str]) -> Any:
+        if key not in shared:
+            try:
+                shared[key] = make()
+            except Exception as error:
+                shared[key] = error
+        value = shared[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    for cell in cells:
+        run_dir = cell_dir(out, cell)
+        if is_finished(run_dir):
+            skipped.append(cell)
+            if on_cell:
+                on_cell(cell, "skipped")
+            continue
+        try:
+            sample = once(
+                ("sample", cell.fraction, cell.seed),
+                lambda cell=cell: steps.sample(
+                    pair, cell.fraction, cell.seed, config.valid_fraction
+                ),
+            )
+            source_checkpoint = once(
+                ("pretrain", cell.model, cell.seed),
+                lambda cell=cell: steps.pretrain(
+                    pair,
+                    cell.model,
+                    cell.seed,
+                    pretrain_dir(out, cell.model, cell.seed),
+                    pretrain_options,
+                ),
+            )
+            logger.info("grid cell %s: training", cell.name)
+            steps.adapt(
+                pair, cell.method, sample, cell.seed, source_checkpoint, run_dir, adapt_options
+            )
+        except Exception as error:  # a grid goes on; the failures are raised together below
+            if not config.keep_going:
+                raise
+            logger.error("grid cell %s failed: %s", cell.name, error)
+            failed[cell] = f"{type(error).__name__}: {error}"
+            if on_cell:
+                on_cell(cell, "failed")
+            continue
+        ran.append(cell)
+        if on_cell:
+            on_cell(cell, "ran")
+
+    result = write_grid_results(out, config, cells)
+    result.ran, result.skipped, result.failed = ran, skipped, failed
+    if failed:
+        listing = "; ".join(f"{cell.name}: {message}" for cell, message in failed.items())
+        raise TaaError(
+            f"{len(failed)} of {len(cells)} grid cells failed ({listing}); the others are in "
+            f"{out}. Fix the cause and run the same command again: finished cells are skipped"
+        )
+    return result
+
+
+def _write_manifest(out: Path, config: GridConfig) -> None:
+    manifest = out / GRID_MANIFEST
+    data = {"kind": "grid", "config": config.to_dict()}
+    if manifest.is_file():
+        from taa.experiments.results import read_json
+
+        previous = read_json(manifest).get("config", {})
+        for key in ("data", "train", "pretrain", "adapt", "model", "valid_fraction"):
+            if previous.get(key) != data["config"].get(key):
+                raise ConfigError(
+                    f"{out} holds a grid run with other {key!r} settings "
+                    f"({previous.get(key)!r}, now {data['config'].get(key)!r}); its finished "
+                    "cells would be mixed with new ones: use another output folder (--out) "
+                    "or restore the old settings"
+                )
+    atomic_write_json(manifest, data)
+
+
+def collect_results(out: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
+    """One row per finished cell and task, with the cell's keys and its final metrics."""
+    rows = []
+    for cell in cells:
+        run_dir = cell_dir(out, cell)
+        if not is_finished(run_dir):
+            continue
+        summary: RunSummary = read_final_metrics(run_dir)
+        for task, metrics in summary.tasks.items():
+            rows.append(
+                {
+                    "model": cell.model,
+                    "method": cell.method,
+                    "fraction": cell.fraction,
+                    "seed": cell.seed,
+                    "task": task,
+                    "auc": metrics.get("auc", math.nan),
+                    "logloss": metrics.get("logloss", math.nan),
+                    "gauc": metrics.get("gauc", math.nan),
+                    "rows": metrics.get("rows", math.nan),
+                    "positives": metrics.get("positives", math.nan),
+                    "best_epoch": summary.best_epoch,
+                    "epochs_run": summary.epochs_run,
+                    "run_dir": run_dir.relative_to(out).as_posix(),
+                }
+            )
+    return rows
+
+
+def summarize_results(rows: list[dict[str, Any]]) -> list[GroupSummary]:
+    """Mean, std and 95 % interval over seeds per (model, method, fraction, task, metric)."""
+    groups: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["model"], row["method"], float(row["fraction"]), row["task"])
+        groups.setdefault(key, []).append(row)
+    return [
+        GroupSummary(
+            model,
+            method,
+            fraction,
+            task,
+            metric,
+            summarize(float(item[metric]) for item in members),
+        )
+        for (model, method, fraction, task), members in groups.items()
+        for metric in SUMMARY_METRICS
+    ]
+
+
+def _csv_text(columns: Iterable[str], rows: Iterable[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _csv_value(value) for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return value
+
+
+def summary_table(summaries: list[GroupSummary]) -> Table:
+    """The grid's Markdown table: AUC and log-loss mean, std and 95 % interval per group."""
+    by_key: dict[tuple[str, str, float, str], dict[str, GroupSummary]] = {}
+    for item in summaries:
+        by_key.setdefault((item.model, item.method, item.fraction, item.task), {})[item.metric] = (
+            item
+        )
+    columns = ["model", "method", "fraction", "task", "seeds"]
+    for label in ("AUC", "log-loss"):
+        columns += [f"{label} mean", f"{label} std", f"{label} 95 % CI"]
+    rows = []
+    for (model, method, fraction, task), metrics in by_key.items():
+        row = [model, method, f"{fraction:g}", task, str(metrics["auc"].summary.count)]
+        for metric in ("auc", "logloss"):
+            summary = metrics[metric].summary
+            interval = (
+                f"[{summary.low:.4f}, {summary.high:.4f}]"
+                if math.isfinite(summary.half_width)
+                else "n/a"
+            )
+            row += [format_number(summary.mean), format_number(summary.std), interval]
+        rows.append(row)
+    notes = [
+        "Over seeds (each seed draws its own target sample and pretrains its own source "
+        "model); 95 % CI: mean ± t_{0.975, n-1} · std / √n; n/a: fewer than 2 finite values.",
+    ]
+    return Table(columns, rows, notes=notes, align_right=[False] * 4 + [True] * 7)
+
+
+def write_grid_results(out: Path, config: GridConfig, cells: list[Cell]) -> GridResult:
+    """Write ``results.csv``, ``summary.csv``, ``summary.md`` and the plots of a grid folder."""
+    from taa.experiments.plots import plot_metric_by_fraction
+
+    rows = collect_results(out, cells)
+    results_csv = out / RESULTS_FILE
+    atomic_write_text(results_csv, _csv_text(RESULT_COLUMNS, rows))
+    summaries = summarize_results(rows)
+    summary_rows = [
+        {
+            "model": item.model,
+            "method": item.method,
+            "fraction": item.fraction,
+            "task": item.task,
+            "metric": item.metric,
+            "count": item.summary.count,
+            "missing": item.summary.missing,
+            "mean": item.summary.mean,
+            "std": item.summary.std,
+            "ci_low": item.summary.low,
+            "ci_high": item.summary.high,
+        }
+        for item in summaries
+    ]
+    summary_csv = out / SUMMARY_CSV
+    atomic_write_text(
+        summary_csv,
+        _csv_text(
+            (
+                "model",
+                "method",
+                "fraction",
+                "task",
+                "metric",
+                "count",
+                "missing",
+                "mean",
+                "std",
+                "ci_low",
+                "ci_high",
+            ),
+            summary_rows,
+        ),
+    )
+    finished = len({(row["model"], row["method"], row["fraction"], row["seed"]) for row in rows})
+    table = summary_table(summaries)
+    lines = [
+        f"# Grid results: {config.data.describe()}",
+        "",
+        f"{finished} of {len(cells)} cells finished; metrics on the target test split.",
+        "",
+        table.to_markdown(),
+        "",
+        *table.notes,
+        "",
+    ]
+    summary_markdown = out / SUMMARY_MARKDOWN
+    atomic_write_text(summary_markdown, "\n".join(lines))
+    plots = []
+    if rows:
+        for metric in ("auc", "logloss"):
+            plots.append(
+                plot_metric_by_fraction(
+                    summaries, out / "plots" / f"{metric}_by_fraction.png", metric
+                )
+            )
+    return GridResult(
+        out=out,
+        cells=cells,
+        ran=[],
+        skipped=[],
+        failed={},
+        results_csv=results_csv,
+        summary_csv=summary_csv,
+        summary_markdown=summary_markdown,
+        plots=plots,
+        summaries=summaries,
+    )
