@@ -274,6 +274,15 @@ def test_a_sample_too_small_to_split_names_the_fraction_to_use(tmp_path: Path) -
         draw_sample(dataset, "B", fraction=0.001)
 
 
+def test_a_train_split_of_two_rows_is_too_small(tmp_path: Path) -> None:
+    """Check that 2 train rows (1 train + 1 valid at best) are refused, asking for more rows."""
+    dataset = write_dataset(tmp_path, strata={(0, 0): 2})
+    with pytest.raises(
+        DataError, match=r"draws 1 train and 1 validation rows from 2; .*more than 2 rows"
+    ):
+        draw_sample(dataset, "B", fraction=1.0)
+
+
 def test_labels_other_than_zero_one_are_refused(tmp_path: Path) -> None:
     """Check that a label of 2 is refused with the column and its 1-based row."""
     dataset = write_dataset(tmp_path)

@@ -379,13 +379,17 @@ def _check_size(
     if valid_rows >= 1 and train_rows >= 2:
         return
     largest = max(item.population for item in counts)
+    total = sum(item.population for item in counts)
     # the smallest fraction that draws 3 rows (2 train + 1 valid) from the largest stratum
-    needed = min(1.0, 2.5 / largest)
+    needed = 2.5 / largest
+    fix = (
+        f"raise --fraction to at least {needed:.3g}"
+        if needed < 1.0
+        else f"the train split is too small to sample from; prepare more than {total} rows"
+    )
     raise DataError(
         f"{path}: a sample of fraction {fraction} draws {train_rows} train and {valid_rows} "
-        f"validation rows from {sum(item.population for item in counts)}; a validation split "
-        f"needs 1 row and training 2: raise --fraction to at least {needed:.3g}"
-        + (" or use a larger train split" if needed >= 1.0 else "")
+        f"validation rows from {total}; a validation split needs 1 row and training 2: {fix}"
     )
 
 
