@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode(directory: bool) -> int:
+    """The mode a plain ``open``/``mkdir`` would give under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _fsync_directory(directory: Path) -> None:
     with contextlib.suppress(OSError):
         descriptor = os.open(directory, os.O_RDONLY)
@@ -38,6 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     temporary = Path(name)
+    os.chmod(temporary, _default_mode(directory=False))
     try:
         yield temporary
         os.replace(temporary, target)
@@ -86,6 +94,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     temporary = Path(
         tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     )
+    os.chmod(temporary, _default_mode(directory=True))
     try:
         yield temporary
         if target.exists():
