@@ -150,3 +150,34 @@ def test_evaluate_real_b_test_warns_for_conversion(
         result = evaluate(EvaluateConfig(checkpoint=checkpoint, dataset=dataset[0], domain="B"))
     assert math.isnan(result["tasks"]["conversion"]["auc"])
     assert math.isfinite(result["tasks"]["click"]["auc"])
+
+
+def test_predict_scores_the_raw_b_test_file_like_the_prepared_split(
+    dataset: tuple[Path, str], source_models: dict[str, Path], runs_root: Path, tmp_path: Path
+) -> None:
+    """Check that taa predict on the raw B/test.csv gives, row for row, the probabilities of
+    the prepared B/test split (same vocabulary, same order).
+    """
+    import numpy as np
+    import pyarrow.csv as pacsv
+    import torch
+
+    from taa.data.batches import load_split
+    from taa.train import PredictConfig, load_checkpoint, predict
+    from taa.train.evaluate import collect_outputs
+
+    checkpoint = source_checkpoint("mmoe", dataset, source_models, runs_root)
+    output = predict(
+        PredictConfig(
+            model=checkpoint, dataset=dataset[0], input=REAL / "B" / "test.csv",
+            output=tmp_path / "scores.csv",
+        )
+    )  # fmt: skip
+    table = pacsv.read_csv(output)
+    assert table.num_rows == B_TEST_ROWS
+    model, _ = load_checkpoint(checkpoint)
+    split = load_split(dataset[0], "B", "test")
+    expected, _ = collect_outputs(model, split, device=torch.device("cpu"))
+    for index, task in enumerate(("click", "conversion")):
+        values = np.asarray(table.column(f"{task}_probability").to_pylist())
+        np.testing.assert_allclose(values, expected[:, index], rtol=1e-5, atol=1e-7)

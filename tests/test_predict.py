@@ -168,3 +168,20 @@ def test_score_split_matches_one_forward_pass(scoring: dict) -> None:
     whole = scorer(split.categorical, split.numerical)
     np.testing.assert_allclose(batched, whole, rtol=1e-6, atol=1e-7)
     assert batched.shape == (30, 2)
+
+
+def test_predict_command_writes_the_output(
+    scoring: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Check that taa predict writes --output and prints its path."""
+    from taa.cli.main import main
+
+    output = tmp_path / "scores.parquet"
+    main(
+        [
+            "predict", "--model", str(scoring["checkpoint"]), "--dataset",
+            str(scoring["dataset"]), "--input", str(scoring["input"]), "--output", str(output),
+        ]
+    )  # fmt: skip
+    assert pq.read_table(output).num_rows == 50
+    assert f"wrote {output}" in capsys.readouterr().out
