@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from taa.cli.main import main
 from taa.errors import ConfigError, TaaError
 from taa.experiments.grid import (
     GridConfig,
@@ -308,3 +309,12 @@ def test_grid_config_bad_toml(tmp_path: Path) -> None:
     path.write_text("models = [mmoe\n")
     with pytest.raises(ConfigError, match=r"grid.toml: not valid TOML"):
         load_grid_config(path)
+
+
+def test_grid_command_dry_run_lists_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    """Check that `taa grid CONFIG --dry-run` lists all 54 cells of the example and trains none."""
+    main(["grid", str(EXAMPLES / "grid-simulated.toml"), "--dry-run", "--out", "unused-folder"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("54 cells, output unused-folder:")
+    assert "  todo  aitm/target-only/f0.05/s2" in printed
+    assert not Path("unused-folder").exists()
