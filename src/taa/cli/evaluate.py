@@ -22,10 +22,13 @@ def command(as_json: bool, **options: Any) -> None:
     computed once over the whole split. A task whose labels are all one class gets AUC
     nan and a warning. See docs/commands/evaluate.md.
     """
+    from taa.distributed import current
     from taa.train.evaluate import evaluate
 
     config = config_from_options(EvaluateConfig, options)
     result = evaluate(config)
+    if not current().is_main:
+        return
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

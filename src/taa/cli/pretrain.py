@@ -34,7 +34,11 @@ def split_options(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]
 
 
 def echo_final(final: dict[str, Any], run_dir: Any) -> None:
-    """Print the final metrics of a run as a small table."""
+    """Print the final metrics of a run as a small table (rank 0 only under torchrun)."""
+    from taa.distributed import current
+
+    if not current().is_main:
+        return
     click.echo(
         f"{final['method']} {final['model']}: best epoch {final['best_epoch']} of "
         f"{final['epochs_run']}; {final['domain']}/{final['split']}:"

@@ -16,20 +16,41 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from taa.data.batches import TensorSplit, load_split
+from taa.data.batches import TensorSplit
 from taa.data.schema import Schema
-from taa.errors import ConfigError
+from taa.data.shards import (
+    PairedStreamPlan,
+    ParquetStream,
+    StreamedSource,
+    parquet_rows,
+    read_selected_rows,
+    resolve_split,
+    shard_bounds,
+)
+from taa.distributed import (
+    PairedShardPlan,
+    ShardPlan,
+    all_reduce_mean,
+    broadcast_module,
+    current,
+    gather_scores,
+    rows_per_rank,
+    start_processes,
+    wrap_model,
+)
+from taa.errors import ConfigError, DataError
 from taa.io import atomic_write_json
 from taa.models.base import ModelConfig, MultiTaskModel, build_model
 from taa.modules.critic import Critic, DomainClassifier
 from taa.train.checkpoint import check_schema, load_checkpoint, save_checkpoint
 from taa.train.config import AdaptConfig
-from taa.train.evaluate import collect_outputs, evaluate_model
+from taa.train.evaluate import collect_outputs, evaluate_model, load_rows
 from taa.train.loop import LoopParts, fit
 from taa.train.metrics import task_metrics
 from taa.train.runs import RunFolder, RunResult, config_record
@@ -38,6 +59,7 @@ from taa.train.setup import (
     adam,
     compiled,
     final_evaluation,
+    open_run,
     place,
     require_labels,
     require_rows,
@@ -88,7 +110,7 @@ def default_run_dir(config: AdaptConfig, model_name: str, source: str | None) ->
 def _load_target(config: AdaptConfig, schema: Schema) -> tuple[TensorSplit, TensorSplit]:
     splits = []
     for part in ("train", "valid"):
-        split = load_split(config.dataset, config.target, f"samples/{config.sample}/{part}", schema)
+        split = load_rows(config.dataset, config.target, f"samples/{config.sample}/{part}", schema)
         where = f"{config.dataset}/{config.target}/samples/{config.sample}/{part}"
         require_rows(
             split, 2 if part == "train" else 1, where, "draw a larger sample with `taa sample`"
@@ -110,7 +132,7 @@ def adapt(config: AdaptConfig) -> RunResult:
         SchemaMismatchError: the source checkpoint was trained on another schema.
     """
     apply_threads(config.threads)
-    device = resolve_device(config.device)
+    _, device = start_processes(resolve_device(config.device))
     schema = Schema.load(config.dataset)
     source_model, model_name, model_config, source = _starting_model(config, schema)
     if source is None and config.uses_source_rows:
@@ -143,10 +165,7 @@ def adapt(config: AdaptConfig) -> RunResult:
         model = build_model(model_name, schema, model_config)
     else:
         model = source_model
-    run, resuming = RunFolder.open(
-        run_dir, record, resume=config.resume, overwrite=config.overwrite
-    )
-    run.write_config(record, schema)
+    run, resuming, tracker = open_run(run_dir, record, schema, config)
     logger.info(
         "adapt %s with %s: %s -> %s sample %s (%d train, %d valid rows) -> %s",
         model_name,
@@ -175,6 +194,7 @@ def adapt(config: AdaptConfig) -> RunResult:
     parts = _build_parts(
         config, schema, model, model_name, device, target_train, target_valid, source, metadata
     )
+    parts.tracker = tracker
     result = fit(
         run,
         parts,
@@ -189,7 +209,7 @@ def adapt(config: AdaptConfig) -> RunResult:
         best_validation_score=result.best_score,
     )
     final = final_evaluation(
-        run, schema, config, domain=config.target, device=device, summary=summary
+        run, schema, config, domain=config.target, device=device, summary=summary, trained=model
     )
     return RunResult(run_dir=run.path, final_metrics=final, best_checkpoint=run.best_checkpoint)
 
@@ -217,37 +237,78 @@ def _build_parts(
     metadata: dict[str, Any],
 ) -> LoopParts:
     method = config.method
-    batch_size = min(config.batch_size, len(target_train))
+    context = current()
+    target_path = resolve_split(
+        config.dataset, config.target, f"samples/{config.sample}/train", schema
+    )
+    target_rows = parquet_rows(target_path) if context.enabled else len(target_train)
+    batch_size = min(config.batch_size, target_rows)
     optimizer = adam(model.parameters(), config.lr, config.weight_decay)
     common: dict[str, Any] = {
         "device": device,
         "precision": config.precision,
         "task_weights": task_weight_tensor(config, schema.tasks),
     }
-    forward = compiled(model, config.compile)
+    forward = compiled(wrap_model(model, device, context), config.compile)
     target_train = place(target_train, device)
     modules: dict[str, torch.nn.Module] = {}
     optimizers: dict[str, torch.optim.Optimizer] = {"model": optimizer}
     source_eval = None
-    if config.uses_source_rows:
-        source_train = load_split(config.dataset, source, "train", schema)
-        require_rows(source_train, 2, f"{config.dataset}/{source}/train", "check the source domain")
-        require_labels(source_train, f"{config.dataset}/{source}/train")
-        generator = torch.Generator().manual_seed(config.seed)
-        chosen = torch.randperm(len(source_train), generator=generator)[:SOURCE_EVAL_ROWS]
-        source_eval = source_train.subset(chosen.sort().values)
-        common.update(
-            source=place(source_train, device), source_weight=config.resolved_source_loss_weight
+    if context.enabled:
+        target_plan: Any = ShardPlan(
+            rows_per_rank(target_rows, context), batch_size, config.seed, context, offset=1
         )
-        plan: Any = PairedPasses(len(source_train), len(target_train), batch_size, config.seed)
+        target_plan.steps = math.ceil(target_rows / batch_size)
     else:
-        plan = TargetPasses(len(target_train), batch_size, config.seed)
-
+        target_plan = TargetPasses(len(target_train), batch_size, config.seed)
+    common["loss_scale"] = getattr(target_plan, "loss_scale", 1.0)
+    if config.uses_source_rows:
+        where = f"{config.dataset}/{source}/train"
+        source_path = resolve_split(config.dataset, source, "train", schema)
+        source_rows = parquet_rows(source_path)
+        if source_rows < 2:
+            raise DataError(
+                f"{where} has {source_rows} rows; at least 2 are needed; check the source domain"
+            )
+        low, high = shard_bounds(source_rows, context.rank, context.world_size)
+        generator = torch.Generator().manual_seed(config.seed)
+        eval_rows = max(1, SOURCE_EVAL_ROWS // context.world_size)
+        chosen = torch.randperm(high - low, generator=generator)[:eval_rows]
+        source_eval = read_selected_rows(source_path, low + chosen.sort().values.numpy(), schema)
+        require_labels(source_eval, where)
+        common["source_weight"] = config.resolved_source_loss_weight
+        if config.streaming:
+            stream = ParquetStream(
+                source_path,
+                schema,
+                batch_size=getattr(target_plan, "batch", batch_size),
+                seed=config.seed,
+                buffer_rows=config.shuffle_buffer,
+                row_range=(low, high),
+            )
+            plan: Any = PairedStreamPlan(target_plan, StreamedSource(stream))
+        else:
+            source_train = load_rows(config.dataset, source, "train", schema)
+            require_labels(source_train, where)
+            common["source"] = place(source_train, device)
+            if context.enabled:
+                plan = PairedShardPlan(
+                    rows_per_rank(source_rows, context),
+                    rows_per_rank(target_rows, context),
+                    batch_size,
+                    config.seed,
+                    context,
+                )
+            else:
+                plan = PairedPasses(len(source_train), len(target_train), batch_size, config.seed)
+    else:
+        plan = target_plan
     widths = _feature_widths(model, target_valid, device)
     if method in ("taa", "dann"):
         kind = Critic if method == "taa" else DomainClassifier
         critics = torch.nn.ModuleList(kind(width, config.critic_hidden) for width in widths)
         critics.to(device)
+        broadcast_module(critics, context)
         critic_optimizer = adam(critics.parameters(), config.critic_lr, betas=CRITIC_BETAS)
         modules["critics"] = critics
         optimizers["critics"] = critic_optimizer
@@ -289,13 +350,16 @@ def _build_parts(
             precision=config.precision,
             with_features=method == "taa",
         )
+        probabilities, labels, groups = gather_scores(
+            probabilities, target_valid.labels, target_valid.groups, context
+        )
         metrics = task_metrics(
-            target_valid.labels.numpy(),
+            labels,
             probabilities,
-            target_valid.groups.numpy(),
+            groups,
             schema.tasks,
             where=where,
-            warn=not warned["done"],
+            warn=not warned["done"] and context.is_main,
         )
         warned["done"] = True
         extras: dict[str, Any] = {}
@@ -303,9 +367,12 @@ def _build_parts(
             _, source_features = collect_outputs(
                 model, source_eval, device=device, precision=config.precision, with_features=True
             )
-            extras["wasserstein"] = wasserstein_estimates(
+            estimates = wasserstein_estimates(
                 modules["critics"], source_features or [], target_features, schema.tasks
             )
+            # Each rank estimates on its own rows; the mean over ranks is the logged figure.
+            averaged = all_reduce_mean(torch.tensor(list(estimates.values())), context)
+            extras["wasserstein"] = dict(zip(estimates, averaged.tolist(), strict=True))
         return metrics, extras
 
     return LoopParts(
@@ -367,11 +434,14 @@ def _source_only(
         where=f"{config.target}/samples/{config.sample}/valid",
     )
     checkpoint_metadata = {**metadata, "epoch": 0, "valid": valid}
-    save_checkpoint(run.best_checkpoint, model, model_name, schema.digest(), checkpoint_metadata)
-    atomic_write_json(run.best_info, checkpoint_metadata)
-    run.write_history([{"epoch": 0, "seconds": 0.0, "train": {}, "valid": valid}])
+    if current().is_main:
+        save_checkpoint(
+            run.best_checkpoint, model, model_name, schema.digest(), checkpoint_metadata
+        )
+        atomic_write_json(run.best_info, checkpoint_metadata)
+        run.write_history([{"epoch": 0, "seconds": 0.0, "train": {}, "valid": valid}])
     summary.update(best_epoch=0, epochs_run=0, best_validation_score=None)
     final = final_evaluation(
-        run, schema, config, domain=config.target, device=device, summary=summary
+        run, schema, config, domain=config.target, device=device, summary=summary, trained=model
     )
     return RunResult(run_dir=run.path, final_metrics=final, best_checkpoint=run.best_checkpoint)

@@ -23,8 +23,9 @@ PRECISIONS = ("fp32", "bf16")
 
 #: Fields that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "resume", "overwrite", "quiet", "threads", "device", "compile", "run_dir"}
+    {"epochs", "resume", "overwrite", "quiet", "threads", "device", "compile", "run_dir", "track"}
 )
+TRACKERS = ("none", "tensorboard")
 
 
 def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -97,6 +98,25 @@ class RunOptions:
     overwrite: bool = field(
         default=False, metadata=_option("Delete an existing --run-dir and start over.")
     )
+    track: str = field(
+        default="none",
+        metadata=_option(
+            "Also write each epoch's metrics for a viewer: tensorboard writes "
+            "RUN/tensorboard (needs taa[tracking]). Local files only.",
+            TRACKERS,
+        ),
+    )
+    streaming: bool = field(
+        default=False,
+        metadata=_option(
+            "Stream the large split (pretrain: the domain's train split; adapt: the source "
+            "train split) from Parquet in shuffled batches instead of loading it whole."
+        ),
+    )
+    shuffle_buffer: int = field(
+        default=65_536,
+        metadata=_option("Rows --streaming mixes together before cutting batches."),
+    )
     model_config: ModelConfig | None = field(
         default=None, metadata={"help": "Model sizes (the --model-* options)."}
     )
@@ -122,6 +142,8 @@ class RunOptions:
         _check(
             self.precision in PRECISIONS, "precision", self.precision, f"one of {list(PRECISIONS)}"
         )
+        _check(self.track in TRACKERS, "track", self.track, f"one of {list(TRACKERS)}")
+        _check(self.shuffle_buffer >= 1, "shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _check(
             not (self.resume and self.overwrite),
             "overwrite",
@@ -288,6 +310,7 @@ class AdaptConfig(RunOptions):
                 "only with --method taa, dann or finetune",
                 f"{self.method} uses no source labels; drop the option",
             )
+        self.check_streaming()
 
     @property
     def resolved_source_loss_weight(self) -> float:
@@ -300,6 +323,17 @@ class AdaptConfig(RunOptions):
     def uses_source_rows(self) -> bool:
         """Whether each step also draws a source batch."""
         return self.method in ("taa", "dann") or self.resolved_source_loss_weight > 0
+
+    def check_streaming(self) -> None:
+        """``--streaming`` streams the source rows; refuse it where no step uses them."""
+        _check(
+            not self.streaming or (self.uses_source_rows and self.method != "source-only"),
+            "streaming",
+            True,
+            "only with methods whose steps draw source rows (taa, dann, or finetune with "
+            "--source-loss-weight > 0)",
+            f"method {self.method} trains on the target sample alone: drop --streaming",
+        )
 
 
 @dataclass(kw_only=True)

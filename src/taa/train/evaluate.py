@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from taa.data.batches import TensorSplit, epoch_slices, load_split
+from taa.data.batches import Batch, TensorSplit, epoch_slices, load_split
 from taa.data.schema import Schema
+from taa.data.shards import load_split_shard
+from taa.distributed import current, gather_scores, start_processes
 from taa.errors import DataError
 from taa.io import atomic_write_json
 from taa.models.base import MultiTaskModel
@@ -25,8 +27,15 @@ from taa.train.runtime import apply_threads, autocast, resolve_device
 logger = logging.getLogger(__name__)
 
 
-def fetch(split: TensorSplit, index: torch.Tensor, device: torch.device) -> Any:
-    """Rows ``index`` of ``split`` as a :class:`~taa.data.batches.Batch` on ``device``."""
+def fetch(split: TensorSplit | None, index: torch.Tensor | Batch, device: torch.device) -> Any:
+    """Rows ``index`` of ``split`` as a :class:`~taa.data.batches.Batch` on ``device``.
+
+    A plan over streamed data hands the batch itself; it is only moved to ``device``.
+    """
+    if isinstance(index, Batch):
+        return index.to(device, non_blocking=True)
+    if split is None:
+        raise TypeError("fetch needs a split to take row indices from")
     index = index.to(split.categorical.device, non_blocking=True)
     return split.take(index).to(device, non_blocking=True)
 
@@ -84,12 +93,23 @@ def evaluate_model(
 
     A task whose labels are all one class gets ``nan`` AUC and an
     :class:`~taa.errors.UndefinedMetricWarning` naming the task (when ``warn``).
+
+    Under data-parallel training ``split`` is this rank's share of the rows: the scores,
+    labels and groups of every rank are gathered first, and the metrics are those of all
+    rows together, the same on every rank.
     """
-    probabilities, _ = collect_outputs(
-        model, split, device=device, batch_size=batch_size, precision=precision
+    context = current()
+    if len(split) == 0 and context.enabled:
+        probabilities = np.zeros((0, len(tasks)))
+    else:
+        probabilities, _ = collect_outputs(
+            model, split, device=device, batch_size=batch_size, precision=precision
+        )
+    probabilities, labels, groups = gather_scores(
+        probabilities, split.labels, split.groups, context
     )
     return task_metrics(
-        split.labels.numpy(), probabilities, split.groups.numpy(), tasks, where=where, warn=warn
+        labels, probabilities, groups, tasks, where=where, warn=warn and context.is_main
     )
 
 
@@ -104,11 +124,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         SchemaMismatchError: the checkpoint was trained on another schema.
     """
     apply_threads(config.threads)
-    device = resolve_device(config.device)
+    _, device = start_processes(resolve_device(config.device))
     schema = Schema.load(config.dataset)
     model, metadata = load_checkpoint(config.checkpoint, map_location=device)
     check_schema(metadata, schema, checkpoint=config.checkpoint, dataset=config.dataset)
-    split = load_split(config.dataset, config.domain, config.split, schema)
+    split = load_rows(config.dataset, config.domain, config.split, schema)
     logger.info(
         "evaluating %s on %s/%s (%d rows)",
         config.checkpoint,
@@ -132,10 +152,20 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         "split": config.split,
         "tasks": tasks,
     }
-    if config.output is not None:
+    if config.output is not None and current().is_main:
         atomic_write_json(config.output, result)
         logger.info("metrics written to %s", config.output)
     return result
+
+
+def load_rows(dataset: Any, domain: str, split: str, schema: Schema) -> TensorSplit:
+    """A split to score: whole in one process, this rank's row range under torchrun."""
+    context = current()
+    if not context.enabled:
+        return load_split(dataset, domain, split, schema)
+    return load_split_shard(
+        dataset, domain, split, rank=context.rank, world_size=context.world_size, schema=schema
+    )
 
 
 def selection_score(valid: dict[str, dict[str, float | int]]) -> float:

@@ -21,9 +21,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from taa.distributed import all_reduce_mean, current
 from taa.errors import ConvergenceWarning, CriticDivergenceWarning
 from taa.io import atomic_write_json
 from taa.models.base import MultiTaskModel
+from taa.tracking import NullTracker, Tracker, flatten_metrics
 from taa.train.checkpoint import cpu_state_dict, load_state, save_checkpoint, save_state
 from taa.train.evaluate import selection_score
 from taa.train.runs import RunFolder
@@ -65,6 +67,10 @@ class LoopParts:
         metadata: written into every checkpoint (method, domains, ...).
         start_from_model: validate the starting model as epoch 0 (adaptation from a
             source checkpoint); the best checkpoint may then be the unchanged model.
+        tracker: receives each epoch's record, flattened (``--track``).
+
+    Under torchrun every rank runs the loop (validation gathers all ranks' rows, so all
+    take the same decisions) but only rank 0 writes checkpoints, history and tracking.
     """
 
     model: MultiTaskModel
@@ -78,6 +84,7 @@ class LoopParts:
     modules: dict[str, nn.Module] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     start_from_model: bool = False
+    tracker: Tracker = field(default_factory=NullTracker)
 
 
 @dataclass
@@ -114,6 +121,16 @@ def _per_task(values: list[float], tasks: tuple[str, ...]) -> dict[str, float]:
     return {task: float(value) for task, value in zip(tasks, values, strict=True)}
 
 
+def _global_totals(totals: dict[str, torch.Tensor], parts: LoopParts) -> dict[str, torch.Tensor]:
+    """Under torchrun, the losses of the global batches: each rank's sums weighted by its
+    share of the rows (the step's ``loss_scale``) and averaged over ranks."""
+    context = current()
+    if not context.enabled:
+        return totals
+    scale = float(getattr(parts.step, "loss_scale", 1.0))
+    return {key: all_reduce_mean(value * scale, context) for key, value in totals.items()}
+
+
 def summarise(totals: dict[str, torch.Tensor], steps: int, tasks: tuple[str, ...]) -> dict:
     """Mean losses of an epoch as floats: one device-to-host copy per entry, once per epoch."""
     record: dict[str, Any] = {"loss": float((totals.pop("loss") / steps).item())}
@@ -142,6 +159,8 @@ def check_divergence(train: dict[str, Any], epoch: int, warned: set[tuple[str, s
 
 
 def _save_state(run: RunFolder, parts: LoopParts, state: LoopState) -> None:
+    if not current().is_main:
+        return
     save_state(
         run.last_state,
         {
@@ -192,21 +211,24 @@ def _validate_and_keep(
     valid, extras = parts.validate()
     train.update(extras)
     score = selection_score(valid)
-    state.history.append(
-        {"epoch": state.epoch, "seconds": round(seconds, 3), "train": train, "valid": valid}
-    )
+    record = {"epoch": state.epoch, "seconds": round(seconds, 3), "train": train, "valid": valid}
+    state.history.append(record)
+    main = current().is_main
     if math.isfinite(score) and score > state.best_score:
         state.best_score = score
         state.best_epoch = state.epoch
         state.bad_epochs = 0
         metadata = {**parts.metadata, "epoch": state.epoch, "valid": valid, "score": score}
-        save_checkpoint(
-            run.best_checkpoint, parts.model, parts.model_name, parts.schema_digest, metadata
-        )
-        atomic_write_json(run.best_info, metadata)
+        if main:
+            save_checkpoint(
+                run.best_checkpoint, parts.model, parts.model_name, parts.schema_digest, metadata
+            )
+            atomic_write_json(run.best_info, metadata)
     elif state.epoch > 0:
         state.bad_epochs += 1
-    run.write_history(state.history)
+    if main:
+        run.write_history(state.history)
+        parts.tracker.log_metrics(flatten_metrics(record), step=state.epoch)
     return score
 
 
@@ -244,6 +266,7 @@ def fit(
                 bar.update()
         if totals is None:
             raise RuntimeError(f"the batch plan of {run.path} produced no step in an epoch")
+        totals = _global_totals(totals, parts)
         train = summarise(totals, parts.plan.steps, parts.tasks)
         check_divergence(train, state.epoch, warned)
         score = _validate_and_keep(run, parts, state, train, time.perf_counter() - started)
@@ -251,6 +274,7 @@ def fit(
         _save_state(run, parts, state)
         _log_epoch(state, train, score)
 
+    parts.tracker.close()
     if state.stopped_early:
         logger.info("early stop after epoch %d (best epoch %d)", state.epoch, state.best_epoch)
     if state.best_epoch < 0:

@@ -4,23 +4,43 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from taa.data.batches import TensorSplit, load_split
+from taa.data.batches import TensorSplit, epoch_slices, load_split
 from taa.data.schema import Schema
+from taa.data.shards import (
+    ParquetStream,
+    StreamPlan,
+    label_index_split,
+    read_selected_rows,
+    resolve_split,
+    shard_bounds,
+)
+from taa.distributed import (
+    DistributedContext,
+    ShardPlan,
+    proportional_batches,
+    rows_per_rank,
+    start_processes,
+    wrap_model,
+)
 from taa.errors import DataError
 from taa.models.base import ModelConfig, build_model
 from taa.train.config import PretrainConfig
 from taa.train.evaluate import evaluate_model
 from taa.train.loop import LoopParts, fit
-from taa.train.runs import RunFolder, RunResult, config_record
+from taa.train.runs import RunResult, config_record
 from taa.train.runtime import apply_threads, resolve_device, seed_everything
 from taa.train.setup import (
     adam,
     compiled,
     final_evaluation,
+    open_run,
     place,
     require_labels,
     require_rows,
@@ -83,6 +103,89 @@ def holdout_split(
     return split.subset(train_index), split.subset(valid_index)
 
 
+@dataclass
+class TrainingRows:
+    """Where pretraining's rows come from: the training split (None when streamed), the
+    batch plan over it, this rank's validation rows, and the loss scale of its batches."""
+
+    train: TensorSplit | None
+    plan: Any
+    valid: TensorSplit
+    train_rows: int
+    valid_rows: int
+    loss_scale: float = 1.0
+
+
+def _training_rows(
+    config: PretrainConfig, schema: Schema, context: DistributedContext
+) -> TrainingRows:
+    """Load the train split whole (one process), or by rank and/or as a stream.
+
+    The validation holdout is always :func:`holdout_split` of the whole split, so every
+    way of running holds out the same rows. Under torchrun or ``--streaming`` it is
+    drawn from the group key and label columns alone; each rank then reads its share
+    of the validation rows, and either its share of the training rows or a stream of
+    its row range that skips the validation rows.
+    """
+    where = f"{config.dataset}/{config.domain}/train"
+    if not context.enabled and not config.streaming:
+        source = load_split(config.dataset, config.domain, "train", schema)
+        require_rows(source, 3, where, "pretraining needs a train and a validation part")
+        require_labels(source, where)
+        train, valid = holdout_split(
+            source, config.valid_fraction, config.seed, stratify=config.stratify
+        )
+        batch_size = min(config.batch_size, len(train))
+        plan = ShuffledPasses(len(train), batch_size, config.seed)
+        return TrainingRows(train, plan, valid, len(train), len(valid))
+
+    path = resolve_split(config.dataset, config.domain, "train", schema)
+    index = label_index_split(path, schema)
+    require_rows(index, 3, where, "pretraining needs a train and a validation part")
+    require_labels(index, where)
+    train_part, valid_part = holdout_split(
+        index, config.valid_fraction, config.seed, stratify=config.stratify
+    )
+    train_rows = np.sort(train_part.categorical[:, 0].numpy())
+    valid_rows = np.sort(valid_part.categorical[:, 0].numpy())
+    start, stop = shard_bounds(len(valid_rows), context.rank, context.world_size)
+    valid = read_selected_rows(path, valid_rows[start:stop], schema)
+    batch_size = min(config.batch_size, len(train_rows))
+    if not config.streaming:
+        counts = rows_per_rank(len(train_rows), context)
+        start, stop = shard_bounds(len(train_rows), context.rank, context.world_size)
+        train = read_selected_rows(path, train_rows[start:stop], schema)
+        shard_plan = ShardPlan(counts, batch_size, config.seed, context)
+        return TrainingRows(
+            train, shard_plan, valid, len(train_rows), len(valid_rows), shard_plan.loss_scale
+        )
+
+    exclude = np.zeros(len(index), dtype=bool)
+    exclude[valid_rows] = True
+    ranges = [
+        shard_bounds(len(index), rank, context.world_size) for rank in range(context.world_size)
+    ]
+    kept = [int((~exclude[low:high]).sum()) for low, high in ranges]
+    batches = proportional_batches(kept, batch_size)
+    stream = ParquetStream(
+        path,
+        schema,
+        batch_size=batches[context.rank],
+        seed=config.seed,
+        buffer_rows=config.shuffle_buffer,
+        row_range=ranges[context.rank],
+        exclude=exclude,
+    )
+    steps = min(
+        len(epoch_slices(count, batch, training=True))
+        for count, batch in zip(kept, batches, strict=True)
+    )
+    loss_scale = context.world_size * batches[context.rank] / sum(batches)
+    return TrainingRows(
+        None, StreamPlan(stream, steps), valid, len(train_rows), len(valid_rows), loss_scale
+    )
+
+
 def default_run_dir(config: PretrainConfig, model_name: str) -> Path:
     return Path("runs") / f"pretrain-{model_name}-{config.domain}-s{config.seed}"
 
@@ -99,7 +202,7 @@ def pretrain(config: PretrainConfig) -> RunResult:
         best checkpoint's path.
     """
     apply_threads(config.threads)
-    device = resolve_device(config.device)
+    context, device = start_processes(resolve_device(config.device))
     schema = Schema.load(config.dataset)
     model_name = config.model or DEFAULT_MODEL
     model_config = config.model_config or ModelConfig()
@@ -115,39 +218,32 @@ def pretrain(config: PretrainConfig) -> RunResult:
         schema=schema,
         device=device,
     )
-    source = load_split(config.dataset, config.domain, "train", schema)
-    where = f"{config.dataset}/{config.domain}/train"
-    require_rows(source, 3, where, "pretraining needs a train and a validation part")
-    require_labels(source, where)
-    train_split, valid_split = holdout_split(
-        source, config.valid_fraction, config.seed, stratify=config.stratify
-    )
+    rows = _training_rows(config, schema, context)
     seed_everything(config.seed)
     model = build_model(model_name, schema, model_config).to(device)
-    run, resuming = RunFolder.open(
-        run_dir, record, resume=config.resume, overwrite=config.overwrite
-    )
-    run.write_config(record, schema)
+    run, resuming, tracker = open_run(run_dir, record, schema, config)
     logger.info(
-        "pretrain %s on %s: %d train rows, %d validation rows -> %s",
+        "pretrain %s on %s: %d train rows, %d validation rows%s -> %s",
         model_name,
         config.domain,
-        len(train_split),
-        len(valid_split),
+        rows.train_rows,
+        rows.valid_rows,
+        f" over {context.world_size} processes" if context.enabled else "",
         run.path,
     )
-    train_split = place(train_split, device)
+    train_split = place(rows.train, device) if rows.train is not None else None
 
+    forward = wrap_model(model, device, context)
     optimizer = adam(model.parameters(), config.lr, config.weight_decay)
-    batch_size = min(config.batch_size, len(train_split))
     step = SupervisedStep(
         model,
-        compiled(model, config.compile),
+        compiled(forward, config.compile),
         optimizer,
         train_split,
         device=device,
         precision=config.precision,
         task_weights=task_weight_tensor(config, schema.tasks),
+        loss_scale=rows.loss_scale,
     )
     valid_where = f"{config.domain} validation rows"
     warned = {"done": False}
@@ -155,7 +251,7 @@ def pretrain(config: PretrainConfig) -> RunResult:
     def validate() -> tuple[dict, dict]:
         metrics = evaluate_model(
             model,
-            valid_split,
+            rows.valid,
             schema.tasks,
             device=device,
             precision=config.precision,
@@ -171,10 +267,11 @@ def pretrain(config: PretrainConfig) -> RunResult:
         schema_digest=schema.digest(),
         tasks=schema.tasks,
         step=step,
-        plan=ShuffledPasses(len(train_split), batch_size, config.seed),
+        plan=rows.plan,
         validate=validate,
         optimizers={"model": optimizer},
         metadata={"method": "pretrain", "domain": config.domain, "seed": config.seed},
+        tracker=tracker,
     )
     result = fit(
         run,
@@ -194,6 +291,6 @@ def pretrain(config: PretrainConfig) -> RunResult:
         "best_validation_score": result.best_score,
     }
     final = final_evaluation(
-        run, schema, config, domain=config.domain, device=device, summary=summary
+        run, schema, config, domain=config.domain, device=device, summary=summary, trained=model
     )
     return RunResult(run_dir=run.path, final_metrics=final, best_checkpoint=run.best_checkpoint)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from taa.data.batches import TensorSplit, load_split
+from taa.data.batches import TensorSplit
 from taa.data.schema import Schema
+from taa.distributed import broadcast_module, check_resumable, current, on_main
 from taa.errors import ConfigError, DataError
 from taa.models.base import ModelOutput, MultiTaskModel
+from taa.tracking import Tracker, make_tracker
 from taa.train.checkpoint import load_checkpoint
 from taa.train.config import RunOptions
-from taa.train.evaluate import evaluate_model
+from taa.train.evaluate import evaluate_model, load_rows
 from taa.train.runs import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -88,6 +92,32 @@ def check_output(model: MultiTaskModel, output: ModelOutput, rows: int) -> None:
         )
 
 
+def open_run(
+    run_dir: Path, record: dict[str, Any], schema: Schema, options: RunOptions
+) -> tuple[RunFolder, bool, Tracker]:
+    """Create (or reopen with ``--resume``) the run folder, write its config, start tracking.
+
+    Only rank 0 touches the folder; if it fails, every rank raises its error. Returns the
+    folder, whether to resume, and the ``--track`` tracker (a no-op on other ranks).
+    """
+    context = current()
+    check_resumable(context, resume=options.resume)
+
+    def create() -> tuple[RunFolder, bool, Tracker]:
+        run, resuming = RunFolder.open(
+            run_dir, record, resume=options.resume, overwrite=options.overwrite
+        )
+        run.write_config(record, schema)
+        tracker = make_tracker(options.track, run.path)
+        tracker.log_params(record)
+        return run, resuming, tracker
+
+    opened = on_main(create, context)
+    if opened is None:
+        return RunFolder(run_dir), False, make_tracker("none", run_dir)
+    return opened
+
+
 def final_evaluation(
     run: RunFolder,
     schema: Schema,
@@ -96,10 +126,25 @@ def final_evaluation(
     domain: str,
     device: torch.device,
     summary: dict[str, Any],
+    trained: MultiTaskModel | None = None,
 ) -> dict[str, Any]:
-    """Score the best checkpoint on ``domain``'s evaluation split; write final_metrics.json."""
-    split = load_split(options.dataset, domain, options.eval_split, schema)
-    model, _ = load_checkpoint(run.best_checkpoint, map_location=device)
+    """Score the best checkpoint on ``domain``'s evaluation split; write final_metrics.json.
+
+    Under torchrun rank 0 loads the checkpoint and broadcasts its weights into a copy of
+    ``trained`` (the model as trained) on every rank, so no shared folder is needed;
+    each rank scores its share of the split and the metrics cover all rows.
+    """
+    context = current()
+    split = load_rows(options.dataset, domain, options.eval_split, schema)
+    if context.enabled and trained is not None:
+        model = copy.deepcopy(trained)
+        if context.is_main:
+            loaded, _ = load_checkpoint(run.best_checkpoint, map_location=device)
+            model.load_state_dict(loaded.state_dict())
+        broadcast_module(model, context)
+        model.eval()
+    else:
+        model, _ = load_checkpoint(run.best_checkpoint, map_location=device)
     tasks = evaluate_model(
         model,
         split,
@@ -110,7 +155,8 @@ def final_evaluation(
         where=f"{domain}/{options.eval_split}",
     )
     final = {**summary, "domain": domain, "split": options.eval_split, "tasks": tasks}
-    run.write_final(final)
+    if context.is_main:
+        run.write_final(final)
     aucs = ", ".join(
         f"{task} AUC {values['auc']:.4f}" if not math.isnan(values["auc"]) else f"{task} AUC nan"
         for task, values in tasks.items()

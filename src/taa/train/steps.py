@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from taa.data.batches import Batch, IndexStream, PairedSampler, TensorSplit, epoch_slices
+from taa.distributed import all_reduce_gradients, current
 from taa.models.base import ModelOutput, MultiTaskModel
 from taa.modules.critic import gradient_penalty, reverse_gradient
 from taa.train.evaluate import fetch
@@ -122,6 +123,12 @@ class SupervisedStep:
 
     With a ``source`` split and ``source_weight > 0`` each step also adds
     ``source_weight`` times the task losses of a paired source batch.
+
+    ``loss_scale`` multiplies the loss before ``backward`` only (the returned losses are
+    unscaled): under data-parallel training it is ``W * local rows / global rows``, so
+    that DDP's mean of the ranks' gradients is the gradient of the global batch's mean
+    loss (see :class:`taa.distributed.ShardPlan`). Plans may also hand a ready
+    :class:`~taa.data.batches.Batch` instead of indices (streamed data).
     """
 
     def __init__(
@@ -136,8 +143,10 @@ class SupervisedStep:
         task_weights: torch.Tensor,
         source: TensorSplit | None = None,
         source_weight: float = 0.0,
+        loss_scale: float = 1.0,
     ) -> None:
         self.model = model
+        self.loss_scale = loss_scale
         self.forward = forward
         self.optimizer = optimizer
         self.target = target
@@ -168,7 +177,7 @@ class SupervisedStep:
             source_loss, _ = self.labelled_loss(slice_output(output, 0, offset), source.labels)
             loss = loss + self.source_weight * source_loss
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.loss_scale).backward()
         self.optimizer.step()
         return {"loss": loss.detach(), "task_loss": task_loss.detach()}
 
@@ -226,7 +235,9 @@ class TaaStep(SupervisedStep):
             stacked = torch.stack(losses)
             self.critic_optimizer.zero_grad(set_to_none=True)
             # Critics share no parameters, so one backward of the sum trains each on its own loss.
-            stacked.sum().backward()
+            (stacked.sum() * self.loss_scale).backward()
+            # The penalty's double backward rules out DDP for critics: average by hand.
+            all_reduce_gradients(self.critics, current())
             self.critic_optimizer.step()
             total += stacked.detach()
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -257,7 +268,7 @@ class TaaStep(SupervisedStep):
         )
         loss = loss + self.adversarial_weight * adversarial.sum()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.loss_scale).backward()
         self.optimizer.step()
         set_trainable(self.critics, True)
         return {
@@ -317,7 +328,8 @@ class DannStep(SupervisedStep):
         loss = loss + domain_loss.sum()
         self.optimizer.zero_grad(set_to_none=True)
         self.classifier_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.loss_scale).backward()
+        all_reduce_gradients(self.classifiers, current())
         self.optimizer.step()
         self.classifier_optimizer.step()
         return {
