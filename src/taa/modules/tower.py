@@ -30,5 +30,15 @@ class Tower(nn.Module):
         self.head = nn.Linear(self.body.output_dim, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """The logit ``[B]`` for features ``[B, D]``."""
-        return self.head(self.body(features)).squeeze(-1)
+        """The logit ``[B]`` for features ``[B, D]``, always float32.
+
+        Under bf16 autocast the body runs in bf16 but the head (one dot product per row)
+        runs in float32: a bf16 logit carries 8 significant bits, so the probabilities of
+        a rare-positive task (CTR ~2 %) would collapse onto a few hundred values and the
+        ties would move the AUC.
+        """
+        hidden = self.body(features)
+        if torch.is_autocast_enabled(hidden.device.type):
+            with torch.autocast(hidden.device.type, enabled=False):
+                return self.head(hidden.float()).squeeze(-1)
+        return self.head(hidden).squeeze(-1)
