@@ -24,6 +24,9 @@ How the pieces fit (see docs/distributed.md):
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import datetime
 import logging
 import os
 import socket
@@ -111,10 +114,29 @@ def init_distributed(device: torch.device) -> DistributedContext:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://")
+        atexit.register(_leave_at_exit)
     logger.info("rank %d of %d joined the %s process group", rank, world_size, backend)
     context = DistributedContext(rank, world_size, local_rank, backend)
     set_current(context)
     return context
+
+
+def _leave_at_exit() -> None:
+    """Wait for every rank before leaving the group at interpreter exit.
+
+    A rank that exits while another still holds a connection open can make that rank's
+    gloo threads abort; a bounded barrier first (30 s, so a rank that failed alone does
+    not hang the others for ever) lets all ranks leave together.
+    """
+    if not dist.is_initialized():
+        return
+    with contextlib.suppress(Exception):
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+        else:
+            dist.barrier()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 def local_device(device: torch.device, context: DistributedContext) -> torch.device:
