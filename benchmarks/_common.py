@@ -19,8 +19,16 @@ The fraction is ``(step GEMM FLOPs / measured seconds per step) / reference rate
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# Threads that wait between parallel regions sleep instead of spinning. It must be set
+# before torch (and its OpenMP runtime) loads; `taa` sets the same default. On a loaded or
+# shared machine, or beside DataLoader workers, spinning threads steal the cores the
+# working threads need (see docs/performance.md). An explicit setting is kept.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+import argparse
 import platform
 import statistics
 import time
@@ -127,6 +135,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "interop_threads": torch.get_num_interop_threads(),
         "python": platform.python_version(),
         "device": str(device),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
         "load_average_1min": round(load_average(), 2),
     }
     if device.type == "cuda":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -74,8 +75,25 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj["quiet"] = quiet
 
 
+def prefer_sleeping_threads() -> None:
+    """Make OpenMP threads sleep, not spin, while they wait; only before torch is loaded.
+
+    OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads it, so this only acts when
+    called before the first ``import torch`` (the subcommands load torch lazily). Spinning
+    threads that wait at the end of every operation steal the cores that the working
+    threads need as soon as anything else runs: DataLoader workers, a second job, a
+    shared CI machine. A step of the paper-sized model then ran 1.9x slower on 2 cores
+    (docs/performance.md). An explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is kept.
+    """
+    if "torch" in sys.modules:
+        return
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; ``main(["demo", "--help"])`` works from tests."""
+    prefer_sleeping_threads()
     try:
         cli.main(
             args=list(argv) if argv is not None else None, prog_name="taa", standalone_mode=False
