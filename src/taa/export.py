@@ -27,11 +27,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,19 @@ def probe_batch(schema: Schema, rows: int = 16, seed: int = 0) -> tuple[torch.Te
     return categorical, numerical
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Hide a library logger's warnings for a block (torch's exporter lists every optional
+    operator library it did not find, torchvision's among them)."""
+    target = logging.getLogger(name)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
 def _export_onnx(
     module: ProbabilityModel,
     example: tuple[torch.Tensor, torch.Tensor],
@@ -250,11 +265,13 @@ def _export_onnx(
     import onnx
 
     names = {"input_names": ["categorical", "numerical"], "output_names": ["probabilities"]}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_logger("torch.onnx"):
         # The shape checks in the models read static sizes while tracing; that is intended.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        # Both inputs share the one "batch" axis, which the exporter reports as a rename.
+        warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
         if exporter == "dynamo":
             batch = torch.export.Dim("batch")
             program = torch.onnx.export(
