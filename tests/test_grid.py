@@ -44,6 +44,7 @@ class CountingSteps:
     def __init__(self, fail_method: str | None = None) -> None:
         self.calls: Counter[str] = Counter()
         self.fail_method = fail_method
+        self.sources: list[tuple[str, int]] = []
 
     def prepare(self, spec: DataSpec, work: Path) -> PreparedPair:
         self.calls["prepare"] += 1
@@ -57,6 +58,7 @@ class CountingSteps:
         self, pair: PreparedPair, model: str, seed: int, run_dir: Path, options: dict[str, Any]
     ) -> Path:
         self.calls["pretrain"] += 1
+        self.sources.append((model, seed))
         return run_dir / "checkpoints" / "best.pt"
 
     def adapt(
@@ -130,6 +132,16 @@ def test_grid_runs_every_cell_once_and_shares_sources(
     result, steps = finished_grid
     assert steps.calls == Counter(prepare=1, sample=4, pretrain=4, adapt=16)
     assert len(result.ran) == 16 and not result.skipped
+
+
+def test_grid_shared_source_pretrains_once_per_model(tmp_path: Path) -> None:
+    """Check that source_per_seed = false pretrains each model once, with the first seed."""
+    steps = CountingSteps()
+    config = grid_config_from_dict(small_grid(source_per_seed=False, fractions=[0.01]))
+    run_grid(config, tmp_path, steps=steps)
+    assert steps.calls["adapt"] == 8
+    assert steps.sources == [("mmoe", 0), ("ple", 0)]
+    assert "one source model per model is shared" in (tmp_path / "summary.md").read_text()
 
 
 def test_grid_resume_skips_finished_cells(tmp_path: Path) -> None:
@@ -267,6 +279,7 @@ def test_example_configs_agree() -> None:
         ({"seeds": [0, -1]}, r"seeds: -1 is not an integer >= 0"),
         ({"seeds": [0, 0]}, r"seeds lists \['0'\] more than once"),
         ({"valid_fraction": 1.0}, r"valid_fraction must be a number strictly between 0 and 1"),
+        ({"source_per_seed": "no"}, r"source_per_seed must be true or false, got 'no'"),
         ({"train": {"seed": 3}}, r"train sets \['seed'\], which the grid sets for every cell"),
         ({"train": {"epochz": 3}}, r"train has unknown options \['epochz'\]; allowed:"),
         ({"train": {"epochs": 0}}, r"option --epochs got 0; allowed: an integer >= 1"),

@@ -48,6 +48,10 @@ _RESULT_SETTINGS = (
     "rows",
     "shift",
     "epochs",
+    "adapt_epochs",
+    "lr",
+    "adapt_lr",
+    "adapt_batch_size",
     "seed",
     "model",
     "source",
@@ -87,7 +91,13 @@ class DemoConfig:
     shift: float = field(
         default=0.6, metadata=_option("Simulated distance between the two countries, 0 to 1.")
     )
-    epochs: int = field(default=6, metadata=_option("Most epochs of each training run."))
+    epochs: int = field(default=4, metadata=_option("Most epochs of pretraining on the source."))
+    adapt_epochs: int = field(
+        default=10,
+        metadata=_option(
+            "Most epochs of each adaptation (an epoch is one pass over the target sample)."
+        ),
+    )
     seed: int = field(default=0, metadata=_option("Seed of the simulator, sample and training."))
     model: str = field(default="mmoe", metadata=_option("Model to pretrain and adapt."))
     source: Path | None = field(
@@ -112,7 +122,12 @@ class DemoConfig:
             "Comma-separated methods (taa, finetune, dann, target-only, source-only)."
         ),
     )
-    batch_size: int = field(default=512, metadata=_option("Rows per batch."))
+    batch_size: int = field(default=1024, metadata=_option("Rows per batch in pretraining."))
+    adapt_batch_size: int = field(
+        default=128, metadata=_option("Rows per batch and domain in adaptation.")
+    )
+    lr: float = field(default=3e-3, metadata=_option("Adam learning rate of pretraining."))
+    adapt_lr: float = field(default=1e-3, metadata=_option("Adam learning rate of adaptation."))
     embedding_dim: int = field(default=16, metadata=_option("Embedding width of the model."))
     expert_hidden: tuple[int, ...] = field(
         default=(128, 64), metadata=_option("Hidden sizes of each expert (last: feature width).")
@@ -144,14 +159,28 @@ class DemoConfig:
             raise ConfigError(f"option --rows got {self.rows}; allowed: 1000 or more")
         if not 0.0 <= self.shift <= 1.0:
             raise ConfigError(f"option --shift got {self.shift}; allowed: a number in [0, 1]")
-        if self.epochs < 1:
-            raise ConfigError(f"option --epochs got {self.epochs}; allowed: an integer >= 1")
+        for name in ("epochs", "adapt_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"option --{name.replace('_', '-')} got {getattr(self, name)}; allowed: an "
+                    "integer >= 1"
+                )
+        for name in ("lr", "adapt_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(
+                    f"option --{name.replace('_', '-')} got {getattr(self, name)}; allowed: a "
+                    "number > 0"
+                )
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(
                 f"option --fraction got {self.fraction}; allowed: a number in (0, 1], e.g. 0.01"
             )
-        if self.batch_size < 2:
-            raise ConfigError(f"option --batch-size got {self.batch_size}; allowed: 2 or more")
+        for name in ("batch_size", "adapt_batch_size"):
+            if getattr(self, name) < 2:
+                raise ConfigError(
+                    f"option --{name.replace('_', '-')} got {getattr(self, name)}; allowed: 2 "
+                    "or more"
+                )
         self.method_list()
         from taa.models.base import available_models
 
@@ -285,9 +314,16 @@ def run_demo(
     seconds["sample"] = time.perf_counter() - clock
 
     runs: dict[str, Path] = {"pretrain": config.out / "runs" / f"pretrain-{config.model}"}
-    options = {
+    pretrain_options = {
         "epochs": config.epochs,
         "batch_size": config.batch_size,
+        "lr": config.lr,
+        "threads": config.threads,
+    }
+    adapt_options = {
+        "epochs": config.adapt_epochs,
+        "batch_size": config.adapt_batch_size,
+        "lr": config.adapt_lr,
         "threads": config.threads,
     }
     model_config = {
@@ -302,7 +338,7 @@ def run_demo(
         config.model,
         config.seed,
         runs["pretrain"],
-        {**options, "model_config": model_config},
+        {**pretrain_options, "model_config": model_config},
     )
     seconds["pretrain"] = time.perf_counter() - clock
 
@@ -310,7 +346,9 @@ def run_demo(
         step(f"adapt: {method} on {pair.target}/{sample}")
         runs[method] = config.out / "runs" / f"{method}-{config.model}"
         clock = time.perf_counter()
-        steps.adapt(pair, method, sample, config.seed, source_checkpoint, runs[method], options)
+        steps.adapt(
+            pair, method, sample, config.seed, source_checkpoint, runs[method], adapt_options
+        )
         seconds[method] = time.perf_counter() - clock
 
     metrics = {method: read_final_metrics(runs[method]) for method in methods}

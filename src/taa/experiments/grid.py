@@ -222,13 +222,14 @@ def run_grid(
                     pair, cell.fraction, cell.seed, config.valid_fraction
                 ),
             )
+            source_seed = cell.seed if config.source_per_seed else config.seeds[0]
             source_checkpoint = once(
-                ("pretrain", cell.model, cell.seed),
-                lambda cell=cell: steps.pretrain(
+                ("pretrain", cell.model, source_seed),
+                lambda cell=cell, source_seed=source_seed: steps.pretrain(
                     pair,
                     cell.model,
-                    cell.seed,
-                    pretrain_dir(out, cell.model, cell.seed),
+                    source_seed,
+                    pretrain_dir(out, cell.model, source_seed),
                     pretrain_options,
                 ),
             )
@@ -341,7 +342,7 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def summary_table(summaries: list[GroupSummary]) -> Table:
+def summary_table(summaries: list[GroupSummary], source_per_seed: bool = True) -> Table:
     """The grid's Markdown table: AUC and log-loss mean, std and 95 % interval per group."""
     by_key: dict[tuple[str, str, float, str], dict[str, GroupSummary]] = {}
     for item in summaries:
@@ -363,9 +364,14 @@ def summary_table(summaries: list[GroupSummary]) -> Table:
             )
             row += [format_number(summary.mean), format_number(summary.std), interval]
         rows.append(row)
+    varies = (
+        "draws its own target sample and pretrains its own source model"
+        if source_per_seed
+        else "draws its own target sample; one source model per model is shared by all seeds"
+    )
     notes = [
-        "Over seeds (each seed draws its own target sample and pretrains its own source "
-        "model); 95 % CI: mean ± t_{0.975, n-1} · std / √n; n/a: fewer than 2 finite values.",
+        f"Over seeds (each seed {varies}); 95 % CI: mean ± t_{{0.975, n-1}} · std / √n; "
+        "n/a: fewer than 2 finite values.",
     ]
     return Table(columns, rows, notes=notes, align_right=[False] * 4 + [True] * 7)
 
@@ -415,7 +421,7 @@ def write_grid_results(out: Path, config: GridConfig, cells: list[Cell]) -> Grid
         ),
     )
     finished = len({(row["model"], row["method"], row["fraction"], row["seed"]) for row in rows})
-    table = summary_table(summaries)
+    table = summary_table(summaries, config.source_per_seed)
     lines = [
         f"# Grid results: {config.data.describe()}",
         "",

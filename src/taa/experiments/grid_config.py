@@ -28,6 +28,7 @@ TOP_LEVEL_KEYS = (
     "seeds",
     "valid_fraction",
     "keep_going",
+    "source_per_seed",
     "train",
     "pretrain",
     "adapt",
@@ -64,8 +65,11 @@ class GridConfig:
         methods: adaptation methods (``taa``, ``finetune``, ``dann``, ``target-only``,
             ``source-only``).
         fractions: target sample fractions in (0, 1], e.g. ``0.01``.
-        seeds: seeds; each seed draws its own target sample and pretrains its own source
-            model, so the spread over seeds includes both.
+        seeds: seeds; each seed draws its own target sample and adapts with its own seed.
+        source_per_seed: each seed also pretrains its own source model, so the spread over
+            seeds includes pretraining (the default); off: one source model per model,
+            pretrained with the first seed and shared by all seeds (cheaper; the spread
+            then covers the target sample and the adaptation only).
         valid_fraction: share of each target sample held out to select epochs.
         train: options given to both pretraining and adaptation (``epochs``,
             ``batch_size``, ``lr``, ``patience``, ``device``, ...).
@@ -88,6 +92,7 @@ class GridConfig:
     adapt: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     keep_going: bool = True
+    source_per_seed: bool = True
     out: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,9 +242,10 @@ def grid_config_from_dict(data: dict[str, Any], source: str = "") -> GridConfig:
     adapt = _check_options(data.get("adapt"), "adapt", source, adapt_fields)
     model = _check_options(data.get("model"), "model", source, model_fields)
 
-    keep_going = data.get("keep_going", True)
-    if not isinstance(keep_going, bool):
-        raise ConfigError(f"{_where(source, 'keep_going')} must be true or false")
+    flags = {key: data.get(key, True) for key in ("keep_going", "source_per_seed")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{_where(source, key)} must be true or false, got {value!r}")
     out = data.get("out")
     config = GridConfig(
         data=DataSpec.from_dict(data["data"], source=source),
@@ -252,7 +258,8 @@ def grid_config_from_dict(data: dict[str, Any], source: str = "") -> GridConfig:
         pretrain=pretrain,
         adapt=adapt,
         model=model,
-        keep_going=keep_going,
+        keep_going=flags["keep_going"],
+        source_per_seed=flags["source_per_seed"],
         out=None if out is None else Path(str(out)),
     )
     _check_trainer_options(config, source)

@@ -313,7 +313,7 @@ def grid_sections(folder: Path, plots: Path) -> list[Section]:
         f"{list(config.methods)}, target fractions {list(config.fractions)}, seeds "
         f"{list(config.seeds)}. Metrics on the target test split."
     )
-    summary.tables.append(summary_table(result.summaries))
+    summary.tables.append(summary_table(result.summaries, config.source_per_seed))
     for path in result.plots:
         metric = "AUC" if path.name.startswith("auc") else "log-loss"
         copy = plots / path.name
