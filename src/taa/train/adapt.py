@@ -371,7 +371,8 @@ def _build_parts(
                 modules["critics"], source_features or [], target_features, schema.tasks
             )
             # Each rank estimates on its own rows; the mean over ranks is the logged figure.
-            averaged = all_reduce_mean(torch.tensor(list(estimates.values())), context)
+            values = torch.tensor(list(estimates.values()), device=device)
+            averaged = all_reduce_mean(values, context)
             extras["wasserstein"] = dict(zip(estimates, averaged.tolist(), strict=True))
         return metrics, extras
 
