@@ -30,6 +30,9 @@ class RawCountry:
     ``c`` and ``500 + r + c/1000`` in numerical column ``c``, then its label in column 49.
     """
 
+    user_categorical = USER_CATEGORICAL
+    item_categorical = ITEM_CATEGORICAL
+
     @staticmethod
     def user(page: int) -> list[str]:
         values = [str(page)]
@@ -88,7 +91,7 @@ class RawCountry:
         return outer
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def raw_country() -> RawCountry:
     """Helpers to build raw Tianchi rows and write them as zips or CSVs."""
     return RawCountry()
@@ -121,7 +124,7 @@ class ProcessedFolder:
         return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def processed_folder() -> ProcessedFolder:
     """Helpers to write small processed-layout folders."""
     return ProcessedFolder()

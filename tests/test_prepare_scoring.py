@@ -14,11 +14,9 @@ from taa.errors import DataRepairWarning, SchemaMismatchError
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dataset(raw_country, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dataset from one raw Tianchi country (pages 1 and 2, train; page 3, test)."""
-    from conftest import RawCountry
-
-    raw = RawCountry()
+    raw = raw_country
     root = tmp_path_factory.mktemp("scoring")
     parts = {
         "user_train": [raw.user(1), raw.user(2)],
@@ -50,7 +48,7 @@ def test_raw_download_scores_its_test_split(dataset: Path, tmp_path: Path, raw_c
     np.testing.assert_array_equal(scoring.split.labels[:, 0].numpy(), [1.0, 0.0])
 
 
-def test_flat_file_without_labels(dataset: Path, tmp_path: Path) -> None:
+def test_flat_file_without_labels(dataset: Path, tmp_path: Path, raw_country) -> None:
     """Check a CSV with the dataset's columns, no labels and an extra column.
 
     Its first row repeats item 1 of page 1 (all categories known); the second has codes
@@ -58,7 +56,7 @@ def test_flat_file_without_labels(dataset: Path, tmp_path: Path) -> None:
     """
     table = pq.read_table(dataset / "NL" / "train.parquet")
     names = [name for name in table.column_names if name not in ("click", "conversion")]
-    first = [str(value) for value in _raw_train_row()]
+    first = [str(value) for value in _raw_train_row(raw_country)]
     second = ["7"] + ["999"] * 16 + ["nan"] + ["0.5"] * 62
     lines = [",".join([*names, "note"]), ",".join([*first, "x"]), ",".join([*second, "y"])]
     (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
@@ -73,16 +71,14 @@ def test_flat_file_without_labels(dataset: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(scoring.ids["row"], [1, 2])
 
 
-def _raw_train_row() -> list[object]:
+def _raw_train_row(raw) -> list[object]:
     """Item 1 of page 1 in canonical columns (see conftest.RawCountry's values)."""
-    from conftest import ITEM_CATEGORICAL, USER_CATEGORICAL
-
-    user_numerical = [column for column in range(9, 32)]
-    item_numerical = [column for column in range(2, 49) if column not in ITEM_CATEGORICAL]
+    user_numerical = list(range(9, 32))
+    item_numerical = [column for column in range(2, 49) if column not in raw.item_categorical]
     return (
         [1]
-        + [100 + column for column in USER_CATEGORICAL]
-        + [100 + column for column in ITEM_CATEGORICAL]
+        + [100 + column for column in raw.user_categorical]
+        + [100 + column for column in raw.item_categorical]
         + [f"1.{column:02d}" for column in user_numerical]
         + [f"501.{column:03d}" for column in item_numerical]
     )

@@ -42,7 +42,8 @@ test = "rows.csv"
 def _read(schema_file: Path, tmp_path: Path, split: str = "train") -> dict[str, list]:
     with Session(tmp_path / "scratch") as session:
         view = TabularReader(schema_file).load_split(session, "X", split, ValidationOptions())
-        return session.arrow(f"SELECT * FROM ({view.relation})", "test").to_pydict()
+        columns = session.numpy(f"SELECT * FROM ({view.relation})", "test")
+        return {name: values.tolist() for name, values in columns.items()}
 
 
 @pytest.mark.parametrize(("name", "text"), [("shop.yaml", YAML), ("shop.toml", TOML)])

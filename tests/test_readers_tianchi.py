@@ -35,8 +35,8 @@ def _read(path: Path, tmp_path: Path, split: str = "train", **options: str) -> d
     """The split's canonical columns as lists, in output order."""
     with Session(tmp_path / "scratch") as session:
         view = TianchiReader(path).load_split(session, "NL", split, ValidationOptions(**options))
-        table = session.arrow(f"SELECT * FROM ({view.relation}) ORDER BY __row", "test")
-    return table.to_pydict()
+        columns = session.numpy(f"SELECT * FROM ({view.relation}) ORDER BY __row", "test")
+    return {name: values.tolist() for name, values in columns.items()}
 
 
 def test_join_worked_by_hand(raw_country, tmp_path: Path) -> None:

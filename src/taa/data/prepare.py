@@ -188,7 +188,6 @@ def prepare_dataset(config: PrepareConfig) -> Schema:
     _check_output(config.out, config.overwrite)
     readers = {name: open_reader(path, config.layout) for name, path in domains.items()}
     roles = _common_roles(readers)
-    options = config.validation_options()
     work_root = Path(config.work_dir) if config.work_dir else config.out.parent
     work_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.work-", dir=work_root))
@@ -198,15 +197,11 @@ def prepare_dataset(config: PrepareConfig) -> Schema:
             Session(scratch, config.memory_limit, config.threads) as session,
             atomic_directory(config.out, overwrite=config.overwrite) as folder,
         ):
-            views: dict[tuple[str, str], SplitView] = {}
-            for name, reader in readers.items():
-                for split in SPLITS:
-                    progress.set_postfix_str(f"reading {name}/{split}")
-                    views[name, split] = reader.load_split(session, name, split, options)
-                    progress.update()
+            views = _read_splits(session, readers, config.validation_options(), progress)
             progress.set_postfix_str("vocabulary and statistics")
-            train = [views[name, "train"] for name in readers]
-            vocabulary, numerical = train_profile(session, train, roles)
+            vocabulary, numerical = train_profile(
+                session, [views[name, "train"] for name in readers], roles
+            )
             progress.update()
             schema = Schema(
                 categorical=tuple(
@@ -218,47 +213,75 @@ def prepare_dataset(config: PrepareConfig) -> Schema:
                 domains=tuple(readers),
                 source_format=_source_format(readers),
             )
-            types = register_vocabulary(session, vocabulary, roles.categorical)
-            counts: dict[tuple[str, str], dict[str, Any]] = {}
-            for (name, split), view in views.items():
-                progress.set_postfix_str(f"writing {name}/{split}")
-                target = folder / name / f"{split}.parquet"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                sql = encoding_sql(
-                    view,
-                    schema,
-                    types,
-                    repair_labels=options.conversion_without_click == "repair",
-                )
-                session.rows(
-                    f"COPY ({sql}) TO {sql_string(target)} (FORMAT parquet, "
-                    f"COMPRESSION {config.compression}, ROW_GROUP_SIZE {config.row_group_size}, "
-                    f"DICTIONARY_SIZE_LIMIT {DICTIONARY_BYTES})",
-                    view.origin,
-                )
-                counts[name, split] = split_counts(session, target, schema)
-                unseen = {k: v for k, v in counts[name, split]["oov"].items() if v}
-                if unseen:
-                    logger.info(
-                        "%s/%s: out-of-vocabulary values per field: %s",
-                        name,
-                        split,
-                        ", ".join(f"{field} {count}" for field, count in unseen.items()),
-                    )
-                progress.update()
-            digest = vocabulary.save(folder)
-            extra = _extra(config, readers, views, counts, options)
-            schema = replace(schema, vocabulary_digest=digest, extra=extra)
+            counts = _write_splits(session, views, schema, vocabulary, folder, config, progress)
+            extra = _extra(readers, views, counts, config.validation_options())
+            schema = replace(schema, vocabulary_digest=vocabulary.save(folder), extra=extra)
             schema.save(folder)
     finally:
         progress.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    rows = sum(item["rows"] for item in counts.values())
-    elapsed = time.perf_counter() - started
     for line in summary_lines(schema):
         logger.debug("%s", line)
-    logger.info("prepared %d rows into %s in %.1f s", rows, config.out, elapsed)
+    logger.info(
+        "prepared %d rows into %s in %.1f s",
+        sum(item["rows"] for item in counts.values()),
+        config.out,
+        time.perf_counter() - started,
+    )
     return schema
+
+
+def _read_splits(
+    session: Session,
+    readers: dict[str, DomainReader],
+    options: ValidationOptions,
+    progress: Any,
+) -> dict[tuple[str, str], SplitView]:
+    """Stage and check every split of every domain."""
+    views: dict[tuple[str, str], SplitView] = {}
+    for name, reader in readers.items():
+        for split in SPLITS:
+            progress.set_postfix_str(f"reading {name}/{split}")
+            views[name, split] = reader.load_split(session, name, split, options)
+            progress.update()
+    return views
+
+
+def _write_splits(
+    session: Session,
+    views: dict[tuple[str, str], SplitView],
+    schema: Schema,
+    vocabulary: Vocabulary,
+    folder: Path,
+    config: PrepareConfig,
+    progress: Any,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Encode every split into ``folder/<domain>/<split>.parquet``; return their counts."""
+    types = register_vocabulary(session, vocabulary, schema.categorical_names)
+    repair = config.conversion_without_click == "repair"
+    counts: dict[tuple[str, str], dict[str, Any]] = {}
+    for (name, split), view in views.items():
+        progress.set_postfix_str(f"writing {name}/{split}")
+        target = folder / name / f"{split}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sql = encoding_sql(view, schema, types, repair_labels=repair)
+        session.rows(
+            f"COPY ({sql}) TO {sql_string(target)} (FORMAT parquet, "
+            f"COMPRESSION {config.compression}, ROW_GROUP_SIZE {config.row_group_size}, "
+            f"DICTIONARY_SIZE_LIMIT {DICTIONARY_BYTES})",
+            view.origin,
+        )
+        counts[name, split] = split_counts(session, target, schema)
+        unseen = {field: count for field, count in counts[name, split]["oov"].items() if count}
+        if unseen:
+            logger.info(
+                "%s/%s: out-of-vocabulary values per field: %s",
+                name,
+                split,
+                ", ".join(f"{field} {count}" for field, count in unseen.items()),
+            )
+        progress.update()
+    return counts
 
 
 def _progress(total: int, quiet: bool) -> Any:
@@ -386,7 +409,6 @@ def split_counts(session: Session, path: Path, schema: Schema) -> dict[str, Any]
 
 
 def _extra(
-    config: PrepareConfig,
     readers: dict[str, DomainReader],
     views: dict[tuple[str, str], SplitView],
     counts: dict[tuple[str, str], dict[str, Any]],

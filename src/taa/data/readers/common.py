@@ -232,10 +232,6 @@ class Session:
         """Run ``sql`` and return its first row (a ``COPY`` gives its row count)."""
         return self.rows(sql, where)[0]
 
-    def arrow(self, sql: str, where: str) -> Any:
-        """Run ``sql`` and fetch the result as a ``pyarrow.Table``."""
-        return self._run(sql, where, lambda result: result.to_arrow_table(), relation=True)
-
     def numpy(self, sql: str, where: str) -> dict[str, Any]:
         """Run ``sql`` and fetch its columns as NumPy arrays; nulls become NaN (float32)."""
         import numpy as np
@@ -254,16 +250,12 @@ class Session:
         where: str,
         fetch: Callable[[Any], Any],
         parameters: list[Any] | None = None,
-        relation: bool = False,
     ) -> Any:
         import duckdb
 
         started = time.perf_counter()
         try:
-            if relation:  # the relation API hands Arrow results over without an extra copy
-                result = fetch(self.connection.sql(sql))
-            else:
-                result = fetch(self.connection.execute(sql, parameters))
+            result = fetch(self.connection.execute(sql, parameters))
             logger.debug("%.2f s: %s: %.200s", time.perf_counter() - started, where, sql)
             return result
         except duckdb.OutOfMemoryException as error:

@@ -59,7 +59,6 @@ USER_CATEGORICAL = (2, 3, 4, 5, 6, 7, 8, 32, 33)
 USER_NUMERICAL = tuple(range(9, 32))
 ITEM_CATEGORICAL = (19, 34, 35, 36, 40, 41, 42)
 ITEM_NUMERICAL = tuple(column for column in range(2, 49) if column not in ITEM_CATEGORICAL)
-LABEL_COLUMN = 49
 RAW_LABEL = "label"
 PARTS = ("user_train", "user_test", "item_train", "item_test")
 COPY_CHUNK = 8 << 20
