@@ -332,3 +332,15 @@ def test_raw_and_processed_simulations_agree(tmp_path: Path) -> None:
             for name in ("raw", "processed")
         ]
         assert tables[0] == tables[1]
+
+
+def test_work_dir_holds_scratch_files_only_while_running(processed_folder, tmp_path: Path) -> None:
+    """Check that --work-dir receives the scratch folder and is left empty afterwards."""
+    row = processed_folder.row
+    folder = processed_folder.write(tmp_path / "in", [row(1, 1, 0.5)], [row(2, 1, 0.5)])
+    work = tmp_path / "scratch"
+    _prepare(tmp_path / "out", {"X": folder}, work_dir=work, threads=1, compression="zstd")
+    assert work.is_dir()
+    assert list(work.iterdir()) == []
+    metadata = pq.ParquetFile(tmp_path / "out" / "X" / "train.parquet").metadata
+    assert metadata.row_group(0).column(0).compression == "ZSTD"
