@@ -172,9 +172,10 @@ def test_same_seed_builds_the_same_model(name: str) -> None:
 # Sizes of the blocks of small_config() on SPEC, worked out from the layer sizes:
 EMBEDDING_PARAMETERS = (5 + 4 + 3) * 8 + (3 * 8 + 8)  # fused table + numerical Linear(3, 8)
 INPUT_WIDTH = (3 + 1) * 8  # three fields and the numerical vector, 8 wide each
-EXPERT_ON_INPUT = (32 * 16 + 16) + 2 * 16 + (16 * 8 + 8) + 2 * 8  # Linear, BN, Linear, BN
-EXPERT_ON_FEATURE = (8 * 16 + 16) + 2 * 16 + (16 * 8 + 8) + 2 * 8
-TOWER = (8 * 8 + 8) + 2 * 8 + (8 * 1 + 1)  # Linear, BN, head
+# A Linear before a BatchNorm has no bias (the BatchNorm's shift replaces it).
+EXPERT_ON_INPUT = (32 * 16) + 2 * 16 + (16 * 8) + 2 * 8  # Linear, BN, Linear, BN
+EXPERT_ON_FEATURE = (8 * 16) + 2 * 16 + (16 * 8) + 2 * 8
+TOWER = (8 * 8) + 2 * 8 + (8 * 1 + 1)  # Linear, BN, head (the head keeps its bias)
 
 
 def test_mmoe_parameter_count_matches_hand_count() -> None:
@@ -183,8 +184,8 @@ def test_mmoe_parameter_count_matches_hand_count() -> None:
     gates = 2 * (INPUT_WIDTH * 3)
     expected = EMBEDDING_PARAMETERS + 3 * EXPERT_ON_INPUT + gates + 2 * TOWER
 
-    assert INPUT_WIDTH == 32 and EXPERT_ON_INPUT == 712 and TOWER == 97
-    assert expected == 128 + 2136 + 192 + 194 == 2650
+    assert INPUT_WIDTH == 32 and EXPERT_ON_INPUT == 688 and TOWER == 89
+    assert expected == 128 + 2064 + 192 + 178 == 2562
     assert sum(parameter.numel() for parameter in model.parameters()) == expected
 
 
@@ -195,8 +196,8 @@ def test_ple_parameter_count_matches_hand_count() -> None:
     level_2 = 5 * EXPERT_ON_FEATURE + 2 * (8 * (2 + 1))
     expected = EMBEDDING_PARAMETERS + level_1 + level_2 + 2 * TOWER
 
-    assert EXPERT_ON_FEATURE == 328
-    assert expected == 128 + (3560 + 192 + 160) + (1640 + 48) + 194 == 5922
+    assert EXPERT_ON_FEATURE == 304
+    assert expected == 128 + (3440 + 192 + 160) + (1520 + 48) + 178 == 5666
     assert sum(parameter.numel() for parameter in model.parameters()) == expected
 
 
@@ -205,7 +206,7 @@ def test_shared_bottom_parameter_count_matches_hand_count() -> None:
     model = build_model("shared-bottom", SPEC, small_config())
     expected = EMBEDDING_PARAMETERS + EXPERT_ON_INPUT + 2 * TOWER
 
-    assert sum(parameter.numel() for parameter in model.parameters()) == expected == 1034
+    assert sum(parameter.numel() for parameter in model.parameters()) == expected == 994
 
 
 def test_encoder_and_tower_parameters_split_the_model() -> None:

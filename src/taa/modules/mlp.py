@@ -13,6 +13,10 @@ from taa.errors import ConfigError
 class MLP(nn.Module):
     """Stacked ``Linear -> BatchNorm1d -> ReLU -> Dropout`` layers, one per hidden size.
 
+    The ``Linear`` layers have no bias: the BatchNorm right after subtracts the batch mean,
+    so a bias there has a true gradient of zero, and Adam would turn the rounding noise of
+    that gradient into random steps. BatchNorm's own shift plays the bias's role.
+
     With no hidden sizes it is the identity, so an empty tower feeds its head directly.
     BatchNorm needs at least two rows per batch in training mode; evaluation takes any.
 
@@ -36,7 +40,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = input_dim
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU()]
+            layers += [nn.Linear(width, size, bias=False), nn.BatchNorm1d(size), nn.ReLU()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = size
