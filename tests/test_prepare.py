@@ -109,6 +109,18 @@ def test_unseen_value_encoded_as_zero(real_dataset: Path, raw_real: dict) -> Non
             assert code == 0
 
 
+def test_duplicates_logged(processed_folder, caplog, tmp_path: Path) -> None:
+    """Check that repeated rows are kept and their number logged."""
+    row = processed_folder.row
+    train = [row(1, 1, 0.5), row(1, 1, 0.5), row(1, 1, 0.5), row(2, 1, 0.5)]
+    folder = processed_folder.write(tmp_path / "in", train, [row(3, 1, 0.5)])
+    with caplog.at_level(logging.INFO, logger="taa.data.prepare"):
+        schema = _prepare(tmp_path / "out", {"X": folder})
+    assert schema.extra["rows"]["X"]["train"] == 4
+    assert schema.extra["duplicate_rows"]["X"]["train"] == 2
+    assert "X/train: 2 rows repeat an earlier row exactly (kept)" in caplog.text
+
+
 def test_counts_match_the_readme(real_dataset: Path) -> None:
     """Check rows, positives and duplicate rows recorded in the schema."""
     extra = Schema.load(real_dataset).extra

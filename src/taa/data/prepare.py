@@ -272,14 +272,7 @@ def _write_splits(
             view.origin,
         )
         counts[name, split] = split_counts(session, target, schema)
-        unseen = {field: count for field, count in counts[name, split]["oov"].items() if count}
-        if unseen:
-            logger.info(
-                "%s/%s: out-of-vocabulary values per field: %s",
-                name,
-                split,
-                ", ".join(f"{field} {count}" for field, count in unseen.items()),
-            )
+        _log_counts(name, split, counts[name, split])
         progress.update()
     return counts
 
@@ -406,6 +399,17 @@ def split_counts(session: Session, path: Path, schema: Schema) -> dict[str, Any]
         "oov": {name: int(row[1 + tasks + i]) for i, name in enumerate(schema.categorical_names)},
         "duplicates": int(row[0]) - int(row[-1]),
     }
+
+
+def _log_counts(name: str, split: str, counts: dict[str, Any]) -> None:
+    unseen = {field: count for field, count in counts["oov"].items() if count}
+    if unseen:
+        shown = ", ".join(f"{field} {count}" for field, count in unseen.items())
+        logger.info("%s/%s: out-of-vocabulary values per field: %s", name, split, shown)
+    if counts["duplicates"]:
+        logger.info(
+            "%s/%s: %d rows repeat an earlier row exactly (kept)", name, split, counts["duplicates"]
+        )
 
 
 def _extra(
