@@ -308,6 +308,13 @@ def test_option_errors(options: dict, message: str) -> None:
         PrepareConfig(out=Path("o"), domains=("A=x",), **options)
 
 
+def test_memory_limit_refused(real_data: Path, tmp_path: Path) -> None:
+    """Check that a memory limit DuckDB cannot parse names the option and leaves nothing."""
+    with pytest.raises(ConfigError, match=r"option --memory-limit 'lots' / --threads 0: DuckDB"):
+        _prepare(tmp_path / "out", {"NL": real_data / "NL"}, memory_limit="lots")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_domain() -> None:
     """Check that preparing nothing is refused."""
     with pytest.raises(ConfigError, match=r"no domain given"):

@@ -213,8 +213,8 @@ class Session:
             self.connection.execute("SET enable_progress_bar = false").fetchall()
         except duckdb.Error as error:
             raise ConfigError(
-                f"cannot start DuckDB with memory_limit={memory_limit!r}, threads={threads}: "
-                f"{error}; give a memory limit such as 1GB and threads >= 0"
+                f"option --memory-limit {memory_limit!r} / --threads {threads}: DuckDB refused "
+                f"them ({_first_line(error)}); give a size such as 512MB or 2GB and threads >= 0"
             ) from error
         self._names = itertools.count()
 
