@@ -28,7 +28,7 @@ from typing import Any
 
 from taa.data.encode import encoding_sql, register_vocabulary
 from taa.data.readers import LAYOUTS, DomainReader, Roles, Session, SplitView, open_reader
-from taa.data.readers.common import sql_name, sql_string
+from taa.data.readers.common import ENGINES, sql_name, sql_string
 from taa.data.schema import SCHEMA_FILE, CategoricalField, NumericalField, Schema
 from taa.data.validate import (
     CONVERSION_CHOICES,
@@ -105,6 +105,14 @@ class PrepareConfig:
         default="512MB", metadata=_option("DuckDB memory limit; above it, work spills to disk.")
     )
     threads: int = field(default=0, metadata=_option("DuckDB threads; 0 uses every core."))
+    engine: str = field(
+        default="arrow",
+        metadata=_option(
+            "How raw Tianchi files are parsed and joined: arrow (streaming PyArrow, falling "
+            "back to duckdb for input it does not handle) or duckdb.",
+            ENGINES,
+        ),
+    )
     work_dir: Path | None = field(
         default=None,
         metadata=_option("Scratch folder for extracted and staged files (default: beside --out)."),
@@ -127,6 +135,8 @@ class PrepareConfig:
             raise ConfigError(
                 f"option --compression got {self.compression!r}; choose one of {list(COMPRESSIONS)}"
             )
+        if self.engine not in ENGINES:
+            raise ConfigError(f"option --engine got {self.engine!r}; choose one of {list(ENGINES)}")
         if self.threads < 0:
             raise ConfigError(f"option --threads must be >= 0 (0: every core), got {self.threads}")
         if self.row_group_size < 1:
@@ -194,7 +204,7 @@ def prepare_dataset(config: PrepareConfig) -> Schema:
     progress = _progress(2 * len(readers) * len(SPLITS) + 1, config.quiet)
     try:
         with (
-            Session(scratch, config.memory_limit, config.threads) as session,
+            Session(scratch, config.memory_limit, config.threads, config.engine) as session,
             atomic_directory(config.out, overwrite=config.overwrite) as folder,
         ):
             views = _read_splits(session, readers, config.validation_options(), progress)

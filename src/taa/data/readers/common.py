@@ -36,6 +36,7 @@ LABEL = "label"
 IGNORED = "ignored"
 
 ROW_COLUMN = "__row"
+ENGINES = ("arrow", "duckdb")
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 REJECTS_KEPT = 20
@@ -194,11 +195,22 @@ class Session:
         scratch: folder for staged files and DuckDB's spill files (created if missing).
         memory_limit: DuckDB's memory limit, e.g. ``1GB``.
         threads: DuckDB threads; 0 uses every core.
+        engine: how readers that have a fast path parse their input: ``arrow`` (PyArrow and
+            NumPy, falling back to DuckDB for input it does not handle) or ``duckdb``.
     """
 
-    def __init__(self, scratch: Path, memory_limit: str = "512MB", threads: int = 0) -> None:
+    def __init__(
+        self,
+        scratch: Path,
+        memory_limit: str = "512MB",
+        threads: int = 0,
+        engine: str = "arrow",
+    ) -> None:
         import duckdb
 
+        if engine not in ENGINES:
+            raise ConfigError(f"option --engine got {engine!r}; choose one of {list(ENGINES)}")
+        self.engine = engine
         self.scratch = Path(scratch)
         self.scratch.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {

@@ -36,6 +36,7 @@ from taa.data.readers.common import (
     KEY,
     LABEL,
     NUMERICAL,
+    ROW_COLUMN,
     Column,
     DomainReader,
     Roles,
@@ -293,6 +294,17 @@ class TianchiReader(DomainReader):
         for part in (f"user_{split}", f"item_{split}"):
             if part not in self.parts:
                 raise _missing_part(self.path, part, self.parts)
+        if session.engine == "arrow":
+            try:
+                return _arrow_split(self, session, domain, split, options)
+            except Exception as error:  # the DuckDB engine reports or reads it
+                reason = error if isinstance(error, _FallbackError) else repr(error)
+                logger.info(
+                    "%s/%s: read by the duckdb engine (the arrow engine stopped: %s)",
+                    domain,
+                    split,
+                    reason,
+                )
         users = self._stage(session, f"user_{split}", USER_LAYOUT)
         items = self._stage(session, f"item_{split}", ITEM_LAYOUT)
         checks = [
@@ -332,4 +344,231 @@ def _join_relation(users: StagedTable, items: StagedTable) -> str:
         f"CAST(i.{label} >= 1 AS TINYINT) AS click, CAST(i.{label} = 2 AS TINYINT) AS conversion, "
         f"i.file_row_number + 1 AS __row FROM {items.scan()} i "
         f"JOIN read_parquet({sql_string(users.path)}) u ON i.search_id = u.search_id"
+    )
+
+
+def _labels_relation(source: str) -> str:
+    """The joined rows staged by the arrow engine, with the task labels made from ``label``."""
+    names = ", ".join(sql_name(name) for name in ("search_id", *PROCESSED_ROLES.features))
+    label = sql_name(RAW_LABEL)
+    return (
+        f"SELECT {names}, CAST({label} >= 1 AS TINYINT) AS click, "
+        f"CAST({label} = 2 AS TINYINT) AS conversion, {ROW_COLUMN} FROM {source}"
+    )
+
+
+# ---- the arrow engine: streaming parse, in-memory page table, join in file order ----------
+
+# The page (user) file is held in memory by the arrow engine; above this many bytes of CSV
+# text (about its size in memory once parsed) the split is read by the DuckDB engine instead.
+ARROW_USER_BYTES = 512 << 20
+ARROW_BLOCK_BYTES = 8 << 20
+
+
+class _FallbackError(Exception):
+    """The arrow engine does not handle this input; the DuckDB engine reads it instead."""
+
+
+def _arrow_type(column: Column) -> object:
+    import pyarrow as pa
+
+    if column.kind in (KEY, CATEGORICAL):
+        return pa.int64()
+    if column.kind == NUMERICAL:
+        return pa.float32()
+    return pa.float64()
+
+
+class _CsvStream:
+    """An open CSV of one raw part as a binary stream, whatever form it comes in."""
+
+    def __init__(self, raw: RawPart, scratch: Path) -> None:
+        self.raw = raw
+        self.scratch = scratch
+        self.closers: list[object] = []
+        self.temporary: Path | None = None
+
+    def __enter__(self) -> tuple[object, str, int]:
+        """``(binary stream, origin for messages, uncompressed size in bytes)``."""
+        try:
+            return self._open()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _open(self) -> tuple[object, str, int]:
+        raw = self.raw
+        if raw.member is None:
+            if raw.path.suffix.lower() == ".csv":
+                return self._file(raw.path, str(raw.path))
+            return self._inner(raw.path, str(raw.path))
+        outer_origin = f"{raw.path}:{raw.member}"
+        suffix = ".csv" if raw.member.lower().endswith(".csv") else ".zip"
+        with _open_zip(raw.path, str(raw.path)) as outer:
+            self.temporary = self.scratch / f"{raw.part}{suffix}.part"
+            _copy(outer, raw.member, self.temporary, outer_origin)
+        if suffix == ".csv":
+            return self._file(self.temporary, outer_origin)
+        return self._inner(self.temporary, outer_origin)
+
+    def _file(self, path: Path, origin: str) -> tuple[object, str, int]:
+        stream = open(path, "rb")  # noqa: SIM115 - closed in __exit__
+        self.closers.append(stream)
+        return stream, origin, path.stat().st_size
+
+    def _inner(self, path: Path, origin: str) -> tuple[object, str, int]:
+        archive = _open_zip(path, origin)
+        self.closers.append(archive)
+        member = next(
+            (name for name in _members(archive) if _ends_with(name, self.raw.part, ".csv")), None
+        )
+        if member is None:
+            raise _FallbackError("no CSV member")
+        stream = archive.open(member)
+        self.closers.append(stream)
+        return stream, f"{origin}:{member}", archive.getinfo(member).file_size
+
+    def __exit__(self, *exc_info: object) -> None:
+        for closer in reversed(self.closers):
+            closer.close()  # type: ignore[attr-defined]
+        if self.temporary is not None:
+            self.temporary.unlink(missing_ok=True)
+
+
+def _batches(stream: object, layout: tuple[Column, ...]) -> object:
+    """Record batches of a headerless raw CSV parsed with fixed types (several threads)."""
+    import pyarrow.csv as pacsv
+
+    names = [f"c{position}" for position in range(len(layout))]
+    types = {name: _arrow_type(column) for name, column in zip(names, layout, strict=True)}
+    return pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(
+            column_names=names, block_size=ARROW_BLOCK_BYTES, use_threads=True
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=",", quote_char='"', double_quote=True, ignore_empty_lines=False
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            null_values=[""],
+            strings_can_be_null=False,
+        ),
+    )
+
+
+def _clean(batch: object, layout: tuple[Column, ...]) -> dict[str, object]:
+    """Kept columns of a batch as NumPy arrays; raise :class:`_FallbackError` on anything a check
+    of the DuckDB engine would report (a missing value, a non-finite number, a bad label)."""
+    import numpy as np
+
+    columns: dict[str, object] = {}
+    for position, column in enumerate(layout):
+        array = batch.column(position)  # type: ignore[attr-defined]
+        if array.null_count:
+            raise _FallbackError(f"empty value in {column.source}")
+        values = array.to_numpy(zero_copy_only=False)
+        if column.kind == NUMERICAL and not np.isfinite(values).all():
+            raise _FallbackError(f"non-finite value in {column.source}")
+        if column.kind == LABEL and not np.isin(values, (0.0, 1.0, 2.0)).all():
+            raise _FallbackError(f"label outside 0, 1, 2 in {column.source}")
+        columns[column.name or column.source] = values
+    return columns
+
+
+def _pages(raw: RawPart, scratch: Path) -> tuple[dict[str, object], str]:
+    """The page table sorted by page id, as NumPy arrays, and the file's origin."""
+    import numpy as np
+
+    with _CsvStream(raw, scratch) as (stream, origin, size):
+        if size > ARROW_USER_BYTES:
+            raise _FallbackError(f"page file of {size} bytes above {ARROW_USER_BYTES}")
+        parts = [_clean(batch, USER_LAYOUT) for batch in _batches(stream, USER_LAYOUT)]
+    if not parts or not sum(len(part["search_id"]) for part in parts):  # type: ignore[arg-type]
+        raise _FallbackError("no page rows")
+    pages = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    order = np.argsort(pages["search_id"], kind="stable")
+    pages = {name: values[order] for name, values in pages.items()}  # type: ignore[index]
+    keys = pages["search_id"]
+    if len(keys) > 1 and not (keys[1:] != keys[:-1]).all():  # type: ignore[index]
+        raise _FallbackError("repeated page id")
+    return pages, origin
+
+
+def _arrow_split(
+    reader: TianchiReader, session: Session, domain: str, split: str, options: ValidationOptions
+) -> SplitView:
+    """Stage the joined split in file order with the arrow engine (see the module docstring)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pages, pages_origin = _pages(reader.parts[f"user_{split}"], session.scratch)
+    keys = pages["search_id"]
+    side = {column.name: "user" for column in USER_LAYOUT if column.name}
+    side.update({column.name: "item" for column in ITEM_LAYOUT if column.name})
+    target = session.scratch / f"{session.unique('joined')}.parquet"
+    # Every value is checked present: the columns are declared required, as DuckDB's
+    # join would declare them (the prepared files then carry the same schema).
+    schema = pa.schema(
+        [pa.field("search_id", pa.int64(), nullable=False)]
+        + [pa.field(name, pa.int64(), nullable=False) for name in PROCESSED_ROLES.categorical]
+        + [pa.field(name, pa.float32(), nullable=False) for name in PROCESSED_ROLES.numerical]
+        + [pa.field(RAW_LABEL, pa.float64(), nullable=False)]
+        + [pa.field(ROW_COLUMN, pa.int64(), nullable=False)]
+    )
+    seen = orphans = rows = 0
+    try:
+        with (
+            _CsvStream(reader.parts[f"item_{split}"], session.scratch) as (stream, origin, _),
+            pq.ParquetWriter(
+                target, schema, compression="none", use_dictionary=False, write_statistics=True
+            ) as writer,
+        ):
+            for batch in _batches(stream, ITEM_LAYOUT):
+                items = _clean(batch, ITEM_LAYOUT)
+                ids = items["search_id"]
+                count = len(ids)  # type: ignore[arg-type]
+                position = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+                found = keys[position] == ids  # type: ignore[index]
+                row = np.arange(seen + 1, seen + count + 1, dtype=np.int64)
+                seen += count
+                if not found.all():
+                    if options.orphan_items == "fail":
+                        raise _FallbackError("items without a page (--orphan-items fail)")
+                    orphans += int(count - found.sum())
+                    position, row = position[found], row[found]
+                    items = {name: values[found] for name, values in items.items()}  # type: ignore[index]
+                label = items[RAW_LABEL]
+                arrays = [items["search_id"]]
+                for name in PROCESSED_ROLES.features:
+                    arrays.append(
+                        pages[name][position] if side[name] == "user" else items[name]  # type: ignore[index]
+                    )
+                arrays += [label, row]
+                rows += len(row)
+                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    if seen == 0 or rows == 0:
+        target.unlink(missing_ok=True)
+        raise _FallbackError("no item rows, or none joined")
+    if orphans:
+        logger.warning(
+            "%s: %d items have no page in %s and are left out (--orphan-items drop)",
+            origin,
+            orphans,
+            pages_origin,
+        )
+    return SplitView(
+        domain=domain,
+        split=split,
+        relation=_labels_relation(f"read_parquet({sql_string(target)})"),
+        in_file_order=True,
+        origin=origin,
+        rows=rows,
+        tasks_present=PROCESSED_ROLES.tasks,
+        nonfinite={},
+        notes={"orphan_items": orphans} if orphans else {},
     )
