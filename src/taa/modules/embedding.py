@@ -96,7 +96,12 @@ class FeatureEmbedding(nn.Module):
             parts.append(vectors.flatten(start_dim=1))
         if self.numerical is not None:
             parts.append(self.numerical(numerical.to(self.numerical.weight.dtype)))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        inputs = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if torch.is_autocast_enabled(inputs.device.type):
+            # Cast once here: every expert and gate would otherwise cast [B, (F + 1) * E]
+            # again, forward and backward (9 % of a bf16 TAA step with 8 experts, 2 gates).
+            inputs = inputs.to(torch.get_autocast_dtype(inputs.device.type))
+        return inputs
 
     def _check_inputs(self, categorical: torch.Tensor, numerical: torch.Tensor) -> None:
         fields = len(self.vocab_sizes)
