@@ -5,7 +5,7 @@ Writes a raw-layout country (a folder of the four inner zips, headerless CSVs in
 then, each in a fresh subprocess so that its peak resident memory can be read alone:
 
 * ``taa``: ``prepare_dataset`` on the folder (extract, stage, check, join, vocabulary,
-  statistics, encode, write Parquet);
+  statistics, encode, write Parquet), once per ``--engines`` entry (``arrow``, ``duckdb``);
 * ``pandas``: ``read_csv`` of the four zips, ``merge`` of items and pages, ``to_parquet``
   (no checks, no vocabulary, no encoding).
 
@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from taa.data.prepare import PrepareConfig, prepare_dataset
 prepare_dataset(PrepareConfig(out=Path(sys.argv[1]), domains=("XX=" + sys.argv[2],),
-                              memory_limit=sys.argv[3], quiet=True))
+                              memory_limit=sys.argv[3], engine=sys.argv[4], quiet=True))
 """
 
 PANDAS_JOB = """
@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--items-per-page", type=int, default=20)
     parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit for taa")
+    parser.add_argument(
+        "--engines", default="arrow,duckdb", help="comma-separated taa engines to measure"
+    )
     parser.add_argument("--skip-pandas", action="store_true", help="measure taa only")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: tmp)")
     args = parser.parse_args(argv)
@@ -172,8 +175,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"{time.perf_counter() - started:.1f} s",
                 flush=True,
             )
-            taa = measure(TAA_JOB, work / f"taa-{rows}", source, args.memory_limit)
-            shutil.rmtree(work / f"taa-{rows}")
+            taa = {}
+            for engine in args.engines.split(","):
+                out = work / f"taa-{engine}-{rows}"
+                taa[engine] = measure(TAA_JOB, out, source, args.memory_limit, engine)
+                shutil.rmtree(out)
             pandas = None
             if not args.skip_pandas:
                 pandas = measure(PANDAS_JOB, work / f"pandas-{rows}", source)
@@ -181,29 +187,36 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(source)
             results.append((total, taa, pandas))
             _print_size(total, taa, pandas)
-        (small_rows, small, _), (big_rows, big, _) = results
-        print(
-            f"taa peak RSS: {small.peak_mib:,.0f} MiB at {small_rows:,} rows, "
-            f"{big.peak_mib:,.0f} MiB at {big_rows:,} rows "
-            f"(x{big.peak_mib / small.peak_mib:.2f} for x{big_rows / small_rows:.1f} rows)"
-        )
+        (small_rows, small_taa, _), (big_rows, big_taa, _) = results
+        for engine, small in small_taa.items():
+            big = big_taa[engine]
+            print(
+                f"taa ({engine}) peak RSS: {small.peak_mib:,.0f} MiB at {small_rows:,} rows, "
+                f"{big.peak_mib:,.0f} MiB at {big_rows:,} rows "
+                f"(x{big.peak_mib / small.peak_mib:.2f} for x{big_rows / small_rows:.1f} rows)"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _print_size(total: int, taa: Measure, pandas: Measure | None) -> None:
-    line = (
-        f"  taa    {total:>11,} rows {taa.seconds:7.1f} s {total / taa.seconds:>10,.0f} rows/s "
-        f"peak {taa.peak_mib:7,.0f} MiB"
-    )
-    print(line, flush=True)
+def _print_size(total: int, taa: dict[str, Measure], pandas: Measure | None) -> None:
+    for engine, measured in taa.items():
+        print(
+            f"  taa {engine:<7} {total:>11,} rows {measured.seconds:7.1f} s "
+            f"{total / measured.seconds:>10,.0f} rows/s peak {measured.peak_mib:7,.0f} MiB",
+            flush=True,
+        )
     if pandas is not None:
         print(
-            f"  pandas {total:>11,} rows {pandas.seconds:7.1f} s "
+            f"  pandas      {total:>11,} rows {pandas.seconds:7.1f} s "
             f"{total / pandas.seconds:>10,.0f} rows/s peak {pandas.peak_mib:7,.0f} MiB",
             flush=True,
         )
-        print(f"  speed ratio taa / pandas: {pandas.seconds / taa.seconds:.2f}x", flush=True)
+        for engine, measured in taa.items():
+            print(
+                f"  speed ratio taa ({engine}) / pandas: {pandas.seconds / measured.seconds:.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
