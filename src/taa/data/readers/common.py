@@ -393,7 +393,8 @@ def flat_table(
 # ---- staging -------------------------------------------------------------------------------
 
 
-def _csv_type(column: Column, table: TableFile) -> str:
+def csv_type(column: Column, table: TableFile) -> str:
+    """The DuckDB type a CSV column of this kind is parsed as."""
     if column.kind == KEY:
         return "BIGINT"
     if column.kind == CATEGORICAL:
@@ -422,7 +423,7 @@ def stage_table(session: Session, table: TableFile) -> StagedTable:
 def _stage_csv(session: Session, table: TableFile, target: Path) -> int:
     names = {column.source: f"c{position}" for position, column in enumerate(table.columns)}
     types = ", ".join(
-        f"{sql_string(names[column.source])}: {sql_string(_csv_type(column, table))}"
+        f"{sql_string(names[column.source])}: {sql_string(csv_type(column, table))}"
         for column in table.columns
     )
     select = ", ".join(

@@ -28,8 +28,11 @@ import re
 import shutil
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from taa.data.readers.common import (
     CATEGORICAL,
@@ -44,6 +47,7 @@ from taa.data.readers.common import (
     SplitView,
     StagedTable,
     TableFile,
+    csv_type,
     sql_name,
     sql_string,
     stage_table,
@@ -362,99 +366,46 @@ def _labels_relation(source: str) -> str:
 # The page (user) file is held in memory by the arrow engine; above this many bytes of CSV
 # text (about its size in memory once parsed) the split is read by the DuckDB engine instead.
 ARROW_USER_BYTES = 512 << 20
-ARROW_BLOCK_BYTES = 8 << 20
+ARROW_BATCH_ROWS = 1 << 18
 
 
 class _FallbackError(Exception):
     """The arrow engine does not handle this input; the DuckDB engine reads it instead."""
 
 
-def _arrow_type(column: Column) -> object:
-    import pyarrow as pa
+@contextmanager
+def _parsed(
+    session: Session, raw: RawPart, layout: tuple[Column, ...], bound: int | None = None
+) -> Iterator[tuple[Any, str]]:
+    """Record batches of one raw CSV parsed by DuckDB with fixed types, in file order.
 
-    if column.kind in (KEY, CATEGORICAL):
-        return pa.int64()
-    if column.kind == NUMERICAL:
-        return pa.float32()
-    return pa.float64()
-
-
-class _CsvStream:
-    """An open CSV of one raw part as a binary stream, whatever form it comes in."""
-
-    def __init__(self, raw: RawPart, scratch: Path) -> None:
-        self.raw = raw
-        self.scratch = scratch
-        self.closers: list[object] = []
-        self.temporary: Path | None = None
-
-    def __enter__(self) -> tuple[object, str, int]:
-        """``(binary stream, origin for messages, uncompressed size in bytes)``."""
-        try:
-            return self._open()
-        except BaseException:
-            self.__exit__()
-            raise
-
-    def _open(self) -> tuple[object, str, int]:
-        raw = self.raw
-        if raw.member is None:
-            if raw.path.suffix.lower() == ".csv":
-                return self._file(raw.path, str(raw.path))
-            return self._inner(raw.path, str(raw.path))
-        outer_origin = f"{raw.path}:{raw.member}"
-        suffix = ".csv" if raw.member.lower().endswith(".csv") else ".zip"
-        with _open_zip(raw.path, str(raw.path)) as outer:
-            self.temporary = self.scratch / f"{raw.part}{suffix}.part"
-            _copy(outer, raw.member, self.temporary, outer_origin)
-        if suffix == ".csv":
-            return self._file(self.temporary, outer_origin)
-        return self._inner(self.temporary, outer_origin)
-
-    def _file(self, path: Path, origin: str) -> tuple[object, str, int]:
-        stream = open(path, "rb")  # noqa: SIM115 - closed in __exit__
-        self.closers.append(stream)
-        return stream, origin, path.stat().st_size
-
-    def _inner(self, path: Path, origin: str) -> tuple[object, str, int]:
-        archive = _open_zip(path, origin)
-        self.closers.append(archive)
-        member = next(
-            (name for name in _members(archive) if _ends_with(name, self.raw.part, ".csv")), None
+    Yields ``(batches, origin for messages)``. The CSV is extracted into the scratch folder
+    (and removed afterwards) as the DuckDB engine does; above ``bound`` bytes of CSV text
+    the arrow engine gives up (see :data:`ARROW_USER_BYTES`).
+    """
+    csv_path, origin, temporary = materialize(raw, session.scratch)
+    try:
+        size = csv_path.stat().st_size
+        if bound is not None and size > bound:
+            raise _FallbackError(f"page file of {size} bytes above {bound}")
+        table = TableFile(path=csv_path, origin=origin, columns=layout, header=False)
+        types = ", ".join(
+            f"{sql_string(f'c{position}')}: {sql_string(csv_type(column, table))}"
+            for position, column in enumerate(layout)
         )
-        if member is None:
-            raise _FallbackError("no CSV member")
-        stream = archive.open(member)
-        self.closers.append(stream)
-        return stream, f"{origin}:{member}", archive.getinfo(member).file_size
-
-    def __exit__(self, *exc_info: object) -> None:
-        for closer in reversed(self.closers):
-            closer.close()  # type: ignore[attr-defined]
-        if self.temporary is not None:
-            self.temporary.unlink(missing_ok=True)
-
-
-def _batches(stream: object, layout: tuple[Column, ...]) -> object:
-    """Record batches of a headerless raw CSV parsed with fixed types (several threads)."""
-    import pyarrow.csv as pacsv
-
-    names = [f"c{position}" for position in range(len(layout))]
-    types = {name: _arrow_type(column) for name, column in zip(names, layout, strict=True)}
-    return pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(
-            column_names=names, block_size=ARROW_BLOCK_BYTES, use_threads=True
-        ),
-        parse_options=pacsv.ParseOptions(
-            delimiter=",", quote_char='"', double_quote=True, ignore_empty_lines=False
-        ),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types,
-            null_values=[""],
-            strings_can_be_null=False,
-        ),
-    )
+        sql = (
+            f"SELECT * FROM read_csv({sql_string(csv_path)}, header = false, "
+            f"columns = {{{types}}}, auto_detect = false, delim = ',', quote = '\"', "
+            "escape = '\"')"
+        )
+        cursor = session.connection.cursor()  # its own result, closed whatever happens
+        try:
+            yield cursor.sql(sql).to_arrow_reader(ARROW_BATCH_ROWS), origin
+        finally:
+            cursor.close()
+    finally:
+        if temporary:
+            csv_path.unlink(missing_ok=True)
 
 
 def _clean(batch: object, layout: tuple[Column, ...]) -> dict[str, object]:
@@ -476,14 +427,12 @@ def _clean(batch: object, layout: tuple[Column, ...]) -> dict[str, object]:
     return columns
 
 
-def _pages(raw: RawPart, scratch: Path) -> tuple[dict[str, object], str]:
+def _pages(session: Session, raw: RawPart) -> tuple[dict[str, object], str]:
     """The page table sorted by page id, as NumPy arrays, and the file's origin."""
     import numpy as np
 
-    with _CsvStream(raw, scratch) as (stream, origin, size):
-        if size > ARROW_USER_BYTES:
-            raise _FallbackError(f"page file of {size} bytes above {ARROW_USER_BYTES}")
-        parts = [_clean(batch, USER_LAYOUT) for batch in _batches(stream, USER_LAYOUT)]
+    with _parsed(session, raw, USER_LAYOUT, ARROW_USER_BYTES) as (batches, origin):
+        parts = [_clean(batch, USER_LAYOUT) for batch in batches]
     if not parts or not sum(len(part["search_id"]) for part in parts):  # type: ignore[arg-type]
         raise _FallbackError("no page rows")
     pages = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
@@ -503,7 +452,7 @@ def _arrow_split(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pages, pages_origin = _pages(reader.parts[f"user_{split}"], session.scratch)
+    pages, pages_origin = _pages(session, reader.parts[f"user_{split}"])
     keys = pages["search_id"]
     side = {column.name: "user" for column in USER_LAYOUT if column.name}
     side.update({column.name: "item" for column in ITEM_LAYOUT if column.name})
@@ -520,12 +469,12 @@ def _arrow_split(
     seen = orphans = rows = 0
     try:
         with (
-            _CsvStream(reader.parts[f"item_{split}"], session.scratch) as (stream, origin, _),
+            _parsed(session, reader.parts[f"item_{split}"], ITEM_LAYOUT) as (batches, origin),
             pq.ParquetWriter(
                 target, schema, compression="none", use_dictionary=False, write_statistics=True
             ) as writer,
         ):
-            for batch in _batches(stream, ITEM_LAYOUT):
+            for batch in batches:
                 items = _clean(batch, ITEM_LAYOUT)
                 ids = items["search_id"]
                 count = len(ids)  # type: ignore[arg-type]
