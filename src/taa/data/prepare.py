@@ -3,7 +3,8 @@
 Steps, with bounded memory whatever the input size (DuckDB streams and spills):
 
 1. each domain's train and test split is staged and checked (:mod:`taa.data.readers`,
-   :mod:`taa.data.validate`);
+   :mod:`taa.data.validate`; raw Tianchi splits with the ``arrow`` engine by default, see
+   :mod:`taa.data.readers.tianchi`);
 2. one pass over the train splits of all domains gives the vocabulary (every categorical
    value seen in training; test values are never added) and the numerical statistics;
 3. each split is encoded (:mod:`taa.data.encode`) into ``<domain>/<split>.parquet``;
@@ -108,8 +109,9 @@ class PrepareConfig:
     engine: str = field(
         default="arrow",
         metadata=_option(
-            "How raw Tianchi files are parsed and joined: arrow (streaming PyArrow, falling "
-            "back to duckdb for input it does not handle) or duckdb.",
+            "How raw Tianchi splits are joined: arrow (Arrow batches joined in NumPy, in "
+            "file order; hands input it does not handle to duckdb) or duckdb (join and "
+            "sort in DuckDB). Both give the same dataset.",
             ENGINES,
         ),
     )

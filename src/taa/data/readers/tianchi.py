@@ -17,8 +17,13 @@ community does (1-based column numbers):
 * ``numerical_1..63``: user 9-31, then item 2-48 without the categorical ones;
 * ``click`` = label >= 1, ``conversion`` = label == 2, ``search_id`` = page id.
 
-Zips are extracted by stream copy into the scratch folder, parsed by DuckDB into staged
-Parquet files, and joined there, so memory stays bounded whatever the size of the download.
+Zips are extracted by stream copy into the scratch folder and parsed by DuckDB. With the
+``duckdb`` engine both files are staged as Parquet and joined (and sorted back into item
+order) there, so memory stays bounded whatever the size of the download. With the ``arrow``
+engine (the default) the page file is held as NumPy arrays sorted by page id and the items
+stream through in Arrow batches, checked, joined by binary search and staged already in
+item order; a split it does not handle (see :func:`_arrow_split`) goes to the ``duckdb``
+engine, so both give the same prepared rows and the same messages.
 """
 
 from __future__ import annotations
@@ -447,7 +452,18 @@ def _pages(session: Session, raw: RawPart) -> tuple[dict[str, object], str]:
 def _arrow_split(
     reader: TianchiReader, session: Session, domain: str, split: str, options: ValidationOptions
 ) -> SplitView:
-    """Stage the joined split in file order with the arrow engine (see the module docstring)."""
+    """Stage the joined split in file order with the arrow engine (see the module docstring).
+
+    Memory: the page table (``[P]`` arrays, about 170 bytes per page) and two item batches
+    of :data:`ARROW_BATCH_ROWS` rows.
+
+    Raises:
+        _FallbackError: the page file is above :data:`ARROW_USER_BYTES`, or the split holds
+            something a check of the DuckDB engine reports or repairs (a missing or
+            non-finite value, a label outside 0-2, a repeated page id, an orphan item
+            under ``--orphan-items fail``, no rows); DuckDB errors (a value it cannot parse)
+            pass through. The caller then reads the split with the DuckDB engine.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
