@@ -25,7 +25,12 @@ import os
 # before torch (and its OpenMP runtime) loads; `taa` sets the same default. On a loaded or
 # shared machine, or beside DataLoader workers, spinning threads steal the cores the
 # working threads need (see docs/performance.md). An explicit setting is kept.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+# A child process that must run with torch's defaults sets TAA_BENCH_OPENMP_DEFAULTS.
+if not (
+    "OMP_WAIT_POLICY" in os.environ
+    or "GOMP_SPINCOUNT" in os.environ
+    or os.environ.get("TAA_BENCH_OPENMP_DEFAULTS")
+):
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import argparse
@@ -43,6 +48,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from taa.data.batches import TensorSplit
 from taa.data.schema import InputSpec
+
+#: Set in a child process that must run with torch's OpenMP defaults (bench_naive.py).
+KEEP_OPENMP_DEFAULTS = "TAA_BENCH_OPENMP_DEFAULTS"
 
 # Vocabulary sizes of the AliExpress schema: the largest code seen per field plus one,
 # plus the reserved out-of-vocabulary row (see /work/shared/data/aliexpress-real/README.md).
@@ -392,6 +400,9 @@ def common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast"
     )
     parser.add_argument("--model", default="mmoe", help="registered model name")
+    parser.add_argument(
+        "--size", default="paper", choices=sorted(SIZES), help="model sizes: paper or demo"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating timing rounds (best one kept)"
@@ -450,12 +461,20 @@ class StepBundle:
         return self.step(*self.next_indices())
 
 
+#: Model sizes the benchmarks know: the paper's (ModelConfig defaults) and `taa demo`'s.
+SIZES = {
+    "paper": {},
+    "demo": {"embedding_dim": 16, "expert_hidden": (128, 64), "tower_hidden": (64, 32)},
+}
+
+
 def build_model_for(args: argparse.Namespace, spec: InputSpec, device: torch.device) -> Any:
-    """The benchmarked model at the paper's sizes (ModelConfig defaults), seeded."""
-    from taa.models import build_model
+    """The benchmarked model, seeded: ``args.size`` picks the paper's or the demo's sizes."""
+    from taa.models import ModelConfig, build_model
 
     torch.manual_seed(args.seed)
-    return build_model(args.model, spec).to(device)
+    config = ModelConfig(**SIZES[getattr(args, "size", "paper")])
+    return build_model(args.model, spec, config).to(device)
 
 
 def build_taa_step(
@@ -549,6 +568,7 @@ def measure_step(
     figures: dict[str, Any] = {
         "benchmark": name,
         "model": args.model,
+        "size": args.size,
         "precision": args.precision,
         "compile": bool(getattr(args, "compile", False)),
         "batch_size": args.batch_size,
@@ -570,7 +590,8 @@ def measure_step(
 def describe_step(figures: dict[str, Any], unit: str) -> str:
     """One line of a training benchmark's figures."""
     line = (
-        f"{figures['benchmark']:<9} {figures['model']} {figures['precision']}"
+        f"{figures['benchmark']:<9} {figures['model']} ({figures['size']} sizes) "
+        f"{figures['precision']}"
         f"{' compiled' if figures['compile'] else ''} batch {figures['batch_size']}: "
         f"{figures['rows_per_second']:,.0f} {unit}/s ({figures['seconds_per_step']:.3f} s/step); "
         f"GEMM work {figures['gemm_flops_per_step'] / 1e9:.1f} GFLOP/step in "

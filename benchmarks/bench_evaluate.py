@@ -15,12 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common
-from taa.models import build_model
 from taa.train.evaluate import collect_outputs
 
 
@@ -28,8 +25,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure evaluation; returns the figures as a dict (nothing is asserted)."""
     device = _common.resolve_device(args.device)
     spec = _common.aliexpress_spec()
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, spec).to(device)
+    model = _common.build_model_for(args, spec, device)
     split = _common.synthetic_split(args.eval_rows, spec, seed=args.seed)
     if device.type != "cpu":
         split = type(split)(*(tensor.to(device) for tensor in vars(split).values()))
@@ -48,6 +44,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "evaluate",
         "model": args.model,
+        "size": args.size,
         "precision": args.precision,
         "batch_size": args.batch_size,
         "rows": args.eval_rows,

@@ -19,6 +19,9 @@ Run: ``.venv/bin/python benchmarks/bench_naive.py [--workers 2] [--batch-size 20
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -95,46 +98,75 @@ def as_split(batch: list[torch.Tensor]) -> TensorSplit:
     return TensorSplit(categorical, numerical, labels, groups)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Time the fast and the naive pipeline on the same step; returns the figures."""
+def time_naive(bundle: _common.StepBundle, args: argparse.Namespace, device: torch.device) -> float:
+    """Seconds per step of ``bundle.step`` fed by fresh per-row DataLoaders (one round)."""
+    step = bundle.step
+    rows = torch.arange(args.batch_size)
+    source_loader = loader(bundle.source, args.batch_size, args.workers, args.seed)
+    target_loader = loader(bundle.target, args.batch_size, args.workers, args.seed + 1)
+    pairs = paired_batches(source_loader, target_loader)
+
+    def naive() -> None:
+        source_batch, target_batch = next(pairs)
+        step.source, step.target = as_split(source_batch), as_split(target_batch)
+        step(rows, rows)
+
+    try:
+        return _common.timed_steps(naive, args.steps, 1, device)
+    finally:
+        pairs.close()  # ends the loader iterators, so their workers exit
+        step.source, step.target = bundle.source, bundle.target
+
+
+def time_naive_with_torch_defaults(argv: list[str]) -> float:
+    """One naive round in a child process that runs with torch's default OpenMP waiting.
+
+    Published training scripts leave ``OMP_WAIT_POLICY`` unset, so their compute threads
+    spin while they wait, also while the DataLoader workers need the same cores. The child
+    builds the same model, step and data from the same seed.
+    """
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    }
+    environment[_common.KEEP_OPENMP_DEFAULTS] = "1"
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), *argv, "--naive-only"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"the naive child process failed:\n{completed.stderr[-2000:]}")
+    return float(json.loads(completed.stdout.strip().splitlines()[-1])["seconds_per_step"])
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
+    """Time the fast and the naive pipeline on the same step; returns the figures.
+
+    With ``argv`` (this benchmark's own arguments) each round also times the naive
+    pipeline in a child process with torch's default OpenMP settings.
+    """
     device = _common.resolve_device(args.device)
     bundle = _common.build_taa_step(
         args, device, source_rows=args.source_rows, target_rows=args.target_rows
     )
-    step = bundle.step
-    fast_source, fast_target = step.source, step.target
-    rows = torch.arange(args.batch_size)
-
-    def fast() -> None:
-        step.source, step.target = fast_source, fast_target
-        bundle.run_one()
-
-    def naive_round() -> float:
-        source_loader = loader(fast_source, args.batch_size, args.workers, args.seed)
-        target_loader = loader(fast_target, args.batch_size, args.workers, args.seed + 1)
-        pairs = paired_batches(source_loader, target_loader)
-
-        def naive() -> None:
-            source_batch, target_batch = next(pairs)
-            step.source, step.target = as_split(source_batch), as_split(target_batch)
-            step(rows, rows)
-
-        seconds = _common.timed_steps(naive, args.steps, 1, device)
-        pairs.close()  # ends the loader iterators, so their workers exit
-        return seconds
-
-    fast()
-    fast_seconds, naive_seconds = [], []
+    bundle.run_one()
+    fast_seconds, naive_seconds, default_seconds = [], [], []
     for _ in range(max(args.rounds, 1)):
-        fast_seconds.append(_common.timed_steps(fast, args.steps, 0, device))
-        naive_seconds.append(naive_round())
-        time.sleep(0.2)  # let the exiting workers leave the CPU before the next fast round
-    step.source, step.target = fast_source, fast_target
+        fast_seconds.append(_common.timed_steps(bundle.run_one, args.steps, 0, device))
+        naive_seconds.append(time_naive(bundle, args, device))
+        time.sleep(0.2)  # let the exiting workers leave the CPU before the next round
+        if argv is not None:
+            default_seconds.append(time_naive_with_torch_defaults(argv))
     fast_rate = args.batch_size / min(fast_seconds)
     naive_rate = args.batch_size / min(naive_seconds)
-    return {
+    figures: dict[str, Any] = {
         "benchmark": "naive",
         "model": args.model,
+        "size": args.size,
         "precision": args.precision,
         "batch_size": args.batch_size,
         "workers": args.workers,
@@ -144,15 +176,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fast_seconds_per_step": min(fast_seconds),
         "naive_seconds_per_step": min(naive_seconds),
     }
+    if default_seconds:
+        default_rate = args.batch_size / min(default_seconds)
+        figures["naive_torch_defaults_rows_per_second"] = default_rate
+        figures["speedup_vs_torch_defaults"] = fast_rate / default_rate
+    return figures
 
 
 def report(figures: dict[str, Any]) -> str:
-    return (
-        f"naive     {figures['model']} {figures['precision']} batch {figures['batch_size']}: "
-        f"taa batches {figures['fast_rows_per_second']:,.0f} target rows/s vs per-row "
-        f"DataLoader ({figures['workers']} workers per domain) "
+    line = (
+        f"naive     {figures['model']} ({figures['size']} sizes) {figures['precision']} batch "
+        f"{figures['batch_size']}: taa batches {figures['fast_rows_per_second']:,.0f} target "
+        f"rows/s vs per-row DataLoader ({figures['workers']} workers per domain) "
         f"{figures['naive_rows_per_second']:,.0f} target rows/s = {figures['speedup']:.2f}x"
     )
+    if "speedup_vs_torch_defaults" in figures:
+        line += (
+            f"; the same DataLoader pipeline in a process with torch's default OpenMP "
+            f"waiting: {figures['naive_torch_defaults_rows_per_second']:,.0f} target rows/s "
+            f"= {figures['speedup_vs_torch_defaults']:.2f}x"
+        )
+    return line
 
 
 def parser() -> argparse.ArgumentParser:
@@ -160,14 +204,30 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--source-rows", type=int, default=65536, help="source split rows")
     result.add_argument("--target-rows", type=int, default=16384, help="target sample rows")
     result.add_argument("--workers", type=int, default=2, help="DataLoader workers per domain")
+    result.add_argument(
+        "--torch-defaults",
+        action="store_true",
+        help="also time the naive pipeline in a child process with torch's OpenMP defaults",
+    )
+    result.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
     result.set_defaults(steps=2, rounds=2)
     return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     _common.set_threads(args.threads)
-    figures = run(args)
+    if args.naive_only:
+        device = _common.resolve_device(args.device)
+        bundle = _common.build_taa_step(
+            args, device, source_rows=args.source_rows, target_rows=args.target_rows
+        )
+        figures = {"seconds_per_step": time_naive(bundle, args, device)}
+        _common.emit(json.dumps(figures))
+        return figures
+    child = [item for item in argv if item != "--torch-defaults"]
+    figures = run(args, child if args.torch_defaults else None)
     _common.emit(report(figures))
     return figures
 
