@@ -47,19 +47,25 @@ from typing import Any, Literal
 
 import numpy as np
 
+from taa.data.readers.tianchi import (
+    ITEM_CATEGORICAL,
+    ITEM_COLUMNS,
+    ITEM_NUMERICAL,
+    USER_CATEGORICAL,
+    USER_COLUMNS,
+    USER_NUMERICAL,
+)
 from taa.errors import ConfigError
 from taa.io import atomic_directory, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-# Column roles of the raw files, 1-based as the community numbers them.
-USER_COLUMNS = 33
-ITEM_COLUMNS = 49
-USER_CATEGORICAL_COLUMNS = (2, 3, 4, 5, 6, 7, 8, 32, 33)
-USER_NUMERICAL_COLUMNS = tuple(range(9, 32))
-ITEM_CATEGORICAL_COLUMNS = (19, 34, 35, 36, 40, 41, 42)
-ITEM_NUMERICAL_COLUMNS = tuple(c for c in range(2, 49) if c not in ITEM_CATEGORICAL_COLUMNS)
-LABEL_COLUMN = 49
+# Column roles of the raw files, 1-based as the community numbers them: the reader's own.
+USER_CATEGORICAL_COLUMNS = USER_CATEGORICAL
+USER_NUMERICAL_COLUMNS = USER_NUMERICAL
+ITEM_CATEGORICAL_COLUMNS = ITEM_CATEGORICAL
+ITEM_NUMERICAL_COLUMNS = ITEM_NUMERICAL
+LABEL_COLUMN = ITEM_COLUMNS
 
 CATEGORICAL_NAMES = tuple(f"categorical_{index}" for index in range(1, 17))
 NUMERICAL_NAMES = tuple(f"numerical_{index}" for index in range(1, 64))
