@@ -47,6 +47,7 @@ from taa.data.readers.common import (
     ROW_COLUMN,
     Column,
     DomainReader,
+    Profile,
     Roles,
     Session,
     SplitView,
@@ -483,6 +484,12 @@ def _arrow_split(
         + [pa.field(ROW_COLUMN, pa.int64(), nullable=False)]
     )
     seen = orphans = rows = 0
+    names = ("search_id", *PROCESSED_ROLES.features)
+    profile = (
+        Profile(PROCESSED_ROLES.categorical, PROCESSED_ROLES.numerical)
+        if split == "train"
+        else None
+    )
     try:
         with (
             _parsed(session, reader.parts[f"item_{split}"], ITEM_LAYOUT) as (batches, origin),
@@ -512,6 +519,8 @@ def _arrow_split(
                     )
                 arrays += [label, row]
                 rows += len(row)
+                if profile is not None:
+                    profile.add(dict(zip(names, arrays, strict=False)))
                 writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
     except BaseException:
         target.unlink(missing_ok=True)
@@ -536,4 +545,5 @@ def _arrow_split(
         tasks_present=PROCESSED_ROLES.tasks,
         nonfinite={},
         notes={"orphan_items": orphans} if orphans else {},
+        profile=profile,
     )
