@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     result = _common.common_arguments(argparse.ArgumentParser(description=__doc__))
     result.add_argument("--source-rows", type=int, default=65536, help="source split rows")
     result.add_argument("--target-rows", type=int, default=16384, help="target sample rows")
-    result.set_defaults(steps=2)
+    result.set_defaults(steps=1, rounds=5)
     return result
 
 

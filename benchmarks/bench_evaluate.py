@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(figures: dict[str, Any]) -> str:
     return (
-        f"evaluate  {figures['model']} {figures['precision']} batch {figures['batch_size']}: "
+        f"evaluate  {figures['model']} ({figures['size']} sizes) {figures['precision']} batch "
+        f"{figures['batch_size']}: "
         f"{figures['rows_per_second']:,.0f} rows/s; GEMM work "
         f"{figures['gemm_flops_per_pass'] / figures['rows'] / 1e6:.1f} MFLOP/row; "
         f"{_common.format_rate(figures['achieved_flops'])} of "
@@ -71,7 +72,7 @@ def report(figures: dict[str, Any]) -> str:
 def parser() -> argparse.ArgumentParser:
     result = _common.common_arguments(argparse.ArgumentParser(description=__doc__))
     result.add_argument("--eval-rows", type=int, default=32768, help="rows scored per pass")
-    result.set_defaults(steps=2, warmup=1)
+    result.set_defaults(steps=1, warmup=1, rounds=4)
     return result
 
 

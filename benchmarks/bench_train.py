@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     result = _common.common_arguments(argparse.ArgumentParser(description=__doc__))
     result.add_argument("--train-rows", type=int, default=65536, help="rows of the train split")
-    result.set_defaults(steps=3)
+    result.set_defaults(steps=2, rounds=4)
     return result
 
 

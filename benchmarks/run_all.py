@@ -3,8 +3,10 @@
 1. evaluation: rows/s and fraction of the GEMM rate (``bench_evaluate.py``);
 2. pretraining: rows/s and fraction of the GEMM rate (``bench_train.py``);
 3. adaptation with TAA, fp32 and bf16 autocast: target rows/s and fraction of the GEMM
-   rate (``bench_adapt.py``);
-4. the TAA step fed by a naive per-row DataLoader versus taa's batches (``bench_naive.py``);
+   rate (``bench_adapt.py``), and evaluation again in bf16;
+4. the TAA step fed by a naive per-row DataLoader versus taa's batches (``bench_naive.py``),
+   in this process and in a child process with torch's default OpenMP settings, at the
+   paper's model sizes and at the demo's;
 5. dataset preparation (``bench_prepare.py``, run as a subprocess with ``--rows``).
 
 Nothing is asserted: times depend on the machine and on what else runs on it. The
@@ -100,7 +102,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="one timing round each")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the model")
-    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 adaptation run")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs")
+    parser.add_argument(
+        "--no-demo-sizes", action="store_true", help="skip the naive comparison at demo sizes"
+    )
     parser.add_argument("--prepare-rows", type=int, default=1_000_000, help="0 skips it")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     options = parser.parse_args(argv)
@@ -124,9 +129,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bf16 = _arguments(options, ["--precision", "bf16"])
         results.append(_run(bench_adapt, bf16))
         _common.emit(_common.describe_step(results[-1], "target rows"))
-    results.append(_run(bench_naive, _arguments(options, [])))
+        results.append(_run(bench_evaluate, bf16))
+        _common.emit(bench_evaluate.report(results[-1]))
+    naive_argv = _arguments(options, [])
+    results.append(bench_naive.run(bench_naive.parser().parse_args(naive_argv), naive_argv))
     _common.emit(bench_naive.report(results[-1]))
     naive = results[-1]
+    if not options.no_demo_sizes:
+        demo_argv = _arguments(options, ["--size", "demo", "--steps", "5"])
+        results.append(bench_naive.run(bench_naive.parser().parse_args(demo_argv), demo_argv))
+        _common.emit(bench_naive.report(results[-1]))
     if options.prepare_rows > 0:
         results.append(_prepare(options.prepare_rows))
 
