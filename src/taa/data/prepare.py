@@ -337,10 +337,8 @@ def train_profile(
     Statistics use finite values only: mean, population standard deviation, minimum and
     maximum. A field with no finite value gets mean 0 and standard deviation 0 (logged).
     When every view carries a :class:`Profile` (filled while its reader streamed the rows),
-    they are merged instead of reading the splits again.
+    the vocabulary comes from them instead of another pass over the splits.
     """
-    if views and all(view.profile is not None for view in views):
-        return _from_profiles([view.profile for view in views if view.profile], roles)
     select = [
         f"CAST({sql_name(name)} AS VARCHAR) AS {sql_name(name)}" for name in roles.categorical
     ]
@@ -348,38 +346,23 @@ def train_profile(
     union = " UNION ALL ".join(
         f"SELECT {', '.join(select)} FROM ({view.relation})" for view in views
     )
-    return _vocabulary(session, union, roles), _statistics(session, union, roles)
+    profiles = [view.profile for view in views if view.profile is not None]
+    if views and len(profiles) == len(views):
+        vocabulary = _vocabulary_from_profiles(profiles, roles)
+    else:
+        vocabulary = _vocabulary(session, union, roles)
+    return vocabulary, _statistics(session, union, roles)
 
 
-def _from_profiles(
-    profiles: list[Profile], roles: Roles
-) -> tuple[Vocabulary, tuple[NumericalField, ...]]:
-    """The vocabulary and statistics from profiles of the train splits (same as the SQL)."""
-    import numpy as np
-
+def _vocabulary_from_profiles(profiles: list[Profile], roles: Roles) -> Vocabulary:
+    """The vocabulary from profiles of the train splits (the text DuckDB's CAST gives)."""
     merged = Profile.merge(profiles)
-    vocabulary = Vocabulary(
+    return Vocabulary(
         {
             name: tuple(sort_values(str(value) for value in merged.values(name)))
             for name in roles.categorical
         }
     )
-    numerical = []
-    for position, name in enumerate(roles.numerical):
-        if not merged.count:
-            logger.warning("numerical field %s has no finite value in training; mean 0", name)
-            numerical.append(NumericalField(name, 0.0, 0.0, 0.0, 0.0))
-            continue
-        numerical.append(
-            NumericalField(
-                name,
-                mean=float(merged.mean[position]),
-                std=float(np.sqrt(merged.m2[position] / merged.count)),
-                minimum=float(merged.minimum[position]),
-                maximum=float(merged.maximum[position]),
-            )
-        )
-    return vocabulary, tuple(numerical)
 
 
 def _vocabulary(session: Session, union: str, roles: Roles) -> Vocabulary:

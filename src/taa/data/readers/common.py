@@ -190,59 +190,35 @@ class SplitView:
 
 
 class Profile:
-    """Distinct integer categories and moments of finite numbers, accumulated batch by batch.
+    """Distinct integer categories of a split, accumulated batch by batch.
 
     A reader that streams a split's rows can fill one so that ``taa prepare`` needs no
-    further pass over the split for the vocabulary and the statistics. Moments are merged
-    per batch in float64 (Chan et al.), so they match a one-pass sum to about 1e-15.
+    further pass over the split for the vocabulary. (Statistics stay with DuckDB: a sum in
+    another order would change their last digits.)
 
     Args:
         categorical: integer categorical fields.
-        numerical: numerical fields (every value given to :meth:`add` must be finite).
     """
 
-    def __init__(self, categorical: Sequence[str], numerical: Sequence[str]) -> None:
-        import numpy as np
-
+    def __init__(self, categorical: Sequence[str]) -> None:
         self.categorical = tuple(categorical)
-        self.numerical = tuple(numerical)
         self.distinct: dict[str, list[Any]] = {name: [] for name in self.categorical}
-        self.count = 0
-        width = len(self.numerical)
-        self.mean = np.zeros(width)
-        self.m2 = np.zeros(width)
-        self.minimum = np.full(width, np.inf)
-        self.maximum = np.full(width, -np.inf)
 
     def add(self, columns: dict[str, Any]) -> None:
-        """Add rows: ``columns[name]`` is an int64 ``[R]`` or a finite float ``[R]`` array."""
+        """Add rows: ``columns[name]`` is an int64 ``[R]`` array per categorical field."""
         import numpy as np
 
-        rows = len(columns[self.categorical[0] if self.categorical else self.numerical[0]])
-        if rows == 0:
-            return
         for name in self.categorical:
             values = columns[name]
+            if not len(values):
+                continue
             low, high = int(values.min()), int(values.max())
-            if high - low <= 4 * rows + 1024:
+            if high - low <= 4 * len(values) + 1024:
                 present = np.flatnonzero(np.bincount(values - low, minlength=high - low + 1))
                 self.distinct[name].append(present + low)
             else:
                 self.distinct[name].append(np.unique(values))
-        total = self.count + rows
-        for position, name in enumerate(self.numerical):
-            values = columns[name]
-            wide = values.astype(np.float64)
-            mean = wide.sum() / rows
-            m2 = np.square(wide - mean).sum()
-            delta = mean - self.mean[position]
-            self.mean[position] += delta * rows / total
-            self.m2[position] += m2 + delta * delta * self.count * rows / total
-            self.minimum[position] = min(self.minimum[position], float(values.min()))
-            self.maximum[position] = max(self.maximum[position], float(values.max()))
-        self.count = total
-        for name in self.categorical:  # keep the lists short
-            if len(self.distinct[name]) > 64:
+            if len(self.distinct[name]) > 64:  # keep the list short
                 self.distinct[name] = [np.unique(np.concatenate(self.distinct[name]))]
 
     def values(self, name: str) -> list[int]:
@@ -255,22 +231,10 @@ class Profile:
     @staticmethod
     def merge(profiles: Sequence[Profile]) -> Profile:
         """One profile of several (the train splits of several domains)."""
-        import numpy as np
-
-        first = profiles[0]
-        merged = Profile(first.categorical, first.numerical)
+        merged = Profile(profiles[0].categorical)
         for profile in profiles:
             for name in merged.categorical:
                 merged.distinct[name].extend(profile.distinct[name])
-            if not profile.count:
-                continue
-            total = merged.count + profile.count
-            delta = profile.mean - merged.mean
-            merged.m2 += profile.m2 + delta * delta * merged.count * profile.count / total
-            merged.mean += delta * profile.count / total
-            merged.minimum = np.minimum(merged.minimum, profile.minimum)
-            merged.maximum = np.maximum(merged.maximum, profile.maximum)
-            merged.count = total
         return merged
 
 

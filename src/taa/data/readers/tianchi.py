@@ -441,9 +441,13 @@ def _pages(session: Session, raw: RawPart) -> tuple[dict[str, object], str]:
         parts = [_clean(batch, USER_LAYOUT) for batch in batches]
     if not parts or not sum(len(part["search_id"]) for part in parts):  # type: ignore[arg-type]
         raise _FallbackError("no page rows")
-    pages = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    order = np.argsort(pages["search_id"], kind="stable")
-    pages = {name: values[order] for name, values in pages.items()}  # type: ignore[index]
+    # One column at a time, so the table is held about once (plus one column) at any moment.
+    pages: dict[str, object] = {}
+    for name in list(parts[0]):
+        pages[name] = np.concatenate([part.pop(name) for part in parts])
+    order = np.argsort(pages["search_id"], kind="stable")  # type: ignore[arg-type]
+    for name in pages:
+        pages[name] = pages[name][order]  # type: ignore[index]
     keys = pages["search_id"]
     if len(keys) > 1 and not (keys[1:] != keys[:-1]).all():  # type: ignore[index]
         raise _FallbackError("repeated page id")
@@ -485,11 +489,7 @@ def _arrow_split(
     )
     seen = orphans = rows = 0
     names = ("search_id", *PROCESSED_ROLES.features)
-    profile = (
-        Profile(PROCESSED_ROLES.categorical, PROCESSED_ROLES.numerical)
-        if split == "train"
-        else None
-    )
+    profile = Profile(PROCESSED_ROLES.categorical) if split == "train" else None
     try:
         with (
             _parsed(session, reader.parts[f"item_{split}"], ITEM_LAYOUT) as (batches, origin),
