@@ -160,3 +160,41 @@ def test_profile_gathers_distinct_codes() -> None:
     merged = Profile.merge([first, second])
     assert merged.values("c") == sorted({*codes.tolist(), 99})
     assert Profile(["c"]).values("c") == []
+
+
+def _repeated_page(parts: dict, raw) -> None:
+    parts["user_train"].append(raw.user(10))
+
+
+def _label_three(parts: dict, raw) -> None:
+    parts["item_train"][3] = raw.item(4, 30, 3)
+
+
+def _no_matching_page(parts: dict, raw) -> None:
+    parts["item_test"] = [raw.item(1, 55, 0)]
+
+
+@pytest.mark.parametrize(
+    ("change", "options", "message"),
+    [
+        (_repeated_page, {}, r"page id 10 appears on data rows 2 and 4"),
+        (_label_three, {}, r"data row 4, column 'column 49': label 3 is not 0 or 1 or 2"),
+        (
+            lambda parts, raw: None,
+            {"orphan_items": "fail"},
+            r"nl_item_train.csv: data row 3: page id 99 is not in .*nl_user_train.csv",
+        ),
+        (_no_matching_page, {}, r"no item has its page in .*would be empty"),
+    ],
+)
+def test_arrow_engine_refuses_like_duckdb(
+    raw_country, tmp_path: Path, change, options: dict, message: str
+) -> None:
+    """Check that input the arrow engine hands back to DuckDB is refused with the DuckDB
+    engine's message, under both engines."""
+    parts = _orphan_parts(raw_country)
+    change(parts, raw_country)
+    path = raw_country.write(tmp_path / "raw", parts)
+    for engine in ("duckdb", "arrow"):
+        with pytest.raises(DataError, match=message):
+            _prepare(tmp_path / engine, {"NL": path}, engine, **options)

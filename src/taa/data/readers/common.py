@@ -254,7 +254,7 @@ class Session:
         scratch: Path,
         memory_limit: str = "512MB",
         threads: int = 0,
-        engine: str = "arrow",
+        engine: str = "duckdb",
     ) -> None:
         import duckdb
 
