@@ -241,16 +241,19 @@ def probe_batch(schema: Schema, rows: int = 16, seed: int = 0) -> tuple[torch.Te
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    """Hide a library logger's warnings for a block (torch's exporter lists every optional
-    operator library it did not find, torchvision's among them)."""
-    target = logging.getLogger(name)
-    level = target.level
-    target.setLevel(logging.ERROR)
+def _quiet_logger(*names: str) -> Iterator[None]:
+    """Hide library loggers' messages below ERROR for a block: torch's exporter lists every
+    optional operator library it did not find, and onnxscript and onnx_ir log each graph
+    rewrite at INFO."""
+    targets = [logging.getLogger(name) for name in names]
+    levels = [target.level for target in targets]
+    for target in targets:
+        target.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        target.setLevel(level)
+        for target, level in zip(targets, levels, strict=True):
+            target.setLevel(level)
 
 
 def _export_onnx(
@@ -265,7 +268,7 @@ def _export_onnx(
     import onnx
 
     names = {"input_names": ["categorical", "numerical"], "output_names": ["probabilities"]}
-    with warnings.catch_warnings(), _quiet_logger("torch.onnx"):
+    with warnings.catch_warnings(), _quiet_logger("torch.onnx", "onnxscript", "onnx_ir"):
         # The shape checks in the models read static sizes while tracing; that is intended.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
