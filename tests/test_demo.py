@@ -16,6 +16,7 @@ from taa.cli.main import main
 from taa.errors import ConfigError, DataError
 from taa.experiments.demo import DemoConfig, DemoResult, run_demo
 from taa.experiments.grid import grid_config_from_dict, run_grid
+from taa.experiments.pipeline import DataSpec, PipelineSteps
 from taa.experiments.report import write_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::taa.errors.UndefinedMetricWarning")
@@ -168,3 +169,16 @@ def test_real_grid_and_its_report(demo: DemoResult, tmp_path: Path) -> None:
     page = report.html.read_text()
     assert "| mmoe | finetune | 0.01 | click | 1 |" in report.markdown.read_text()
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 2
+
+
+def test_prepared_data_of_other_settings_is_not_reused(demo: DemoResult) -> None:
+    """Check that a work folder's dataset is refused for a different data spec (shift)."""
+    other = DataSpec(source="es", target="us", simulate=True, rows=6000, shift=0.1)
+    with pytest.raises(ConfigError, match=r"holds data made with other settings"):
+        PipelineSteps().prepare(other, demo.out / "work")
+
+
+def test_prepared_data_is_reused(demo: DemoResult) -> None:
+    """Check that the same data spec gets the existing dataset and domains back."""
+    same = DemoConfig(out=demo.out, **TINY).data_spec()
+    assert PipelineSteps().prepare(same, demo.out / "work") == demo.pair

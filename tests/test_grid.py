@@ -325,9 +325,9 @@ def test_grid_config_bad_toml(tmp_path: Path) -> None:
 
 
 def test_grid_command_dry_run_lists_cells(capsys: pytest.CaptureFixture[str]) -> None:
-    """Check that `taa grid CONFIG --dry-run` lists all 54 cells of the example and trains none."""
+    """Check that `taa grid CONFIG --dry-run` lists all 72 cells of the example and trains none."""
     main(["grid", str(EXAMPLES / "grid-simulated.toml"), "--dry-run", "--out", "unused-folder"])
     printed = capsys.readouterr().out
-    assert printed.startswith("54 cells, output unused-folder:")
+    assert printed.startswith("72 cells, output unused-folder:")
     assert "  todo  aitm/target-only/f0.05/s2" in printed
     assert not Path("unused-folder").exists()

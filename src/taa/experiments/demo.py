@@ -35,8 +35,8 @@ from typing import Any
 
 from taa.errors import ConfigError
 from taa.experiments.pipeline import DataSpec, PipelineSteps, PreparedPair
-from taa.experiments.report import DEMO_MANIFEST, ReportResult, write_report
-from taa.experiments.results import RunSummary, read_final_metrics, read_json
+from taa.experiments.report import ReportResult, write_report
+from taa.experiments.results import DEMO_MANIFEST, RunSummary, read_final_metrics, read_json
 from taa.experiments.tables import MISSING, Table, comparison_table, format_number
 from taa.io import atomic_write_json, atomic_write_text
 
@@ -85,7 +85,7 @@ class DemoConfig:
         default=Path("taa-demo"), metadata=_option("Work folder of the demo (kept; reused).")
     )
     rows: int = field(
-        default=120_000,
+        default=400_000,
         metadata=_option("Simulated item rows per country (train and test together)."),
     )
     shift: float = field(

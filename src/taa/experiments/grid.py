@@ -24,14 +24,19 @@ import io
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from taa.errors import ConfigError, TaaError
 from taa.experiments.grid_config import GridConfig, grid_config_from_dict, load_grid_config
 from taa.experiments.pipeline import DataSpec, PipelineSteps, PreparedPair
-from taa.experiments.results import RunSummary, is_finished, read_final_metrics
+from taa.experiments.results import (
+    GRID_MANIFEST,
+    RunSummary,
+    is_finished,
+    read_final_metrics,
+)
 from taa.experiments.stats import GroupSummary, summarize
 from taa.experiments.tables import Table, format_number
 from taa.io import atomic_write_json, atomic_write_text
@@ -50,7 +55,9 @@ __all__ = [
     "write_grid_results",
 ]
 
-GRID_MANIFEST = "grid.json"
+#: (model, method, fraction, task): one group of seeds in the summary.
+GroupKey = tuple[str, str, float, str]
+
 RESULTS_FILE = "results.csv"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MARKDOWN = "summary.md"
@@ -145,6 +152,7 @@ class GridResult:
         results_csv, summary_csv, summary_markdown: the tables written.
         plots: the PNG plots written.
         summaries: the statistics over seeds per (model, method, fraction, task, metric).
+        unchanged: per group, the seeds that kept the starting model (:func:`count_unchanged`).
     """
 
     out: Path
@@ -157,6 +165,7 @@ class GridResult:
     summary_markdown: Path
     plots: list[Path]
     summaries: list[GroupSummary]
+    unchanged: dict[GroupKey, int] = field(default_factory=dict)
 
 
 def run_grid(
@@ -267,7 +276,16 @@ def _write_manifest(out: Path, config: GridConfig) -> None:
         from taa.experiments.results import read_json
 
         previous = read_json(manifest).get("config", {})
-        for key in ("data", "train", "pretrain", "adapt", "model", "valid_fraction"):
+        settings = (
+            "data",
+            "train",
+            "pretrain",
+            "adapt",
+            "model",
+            "valid_fraction",
+            "source_per_seed",
+        )
+        for key in settings:
             if previous.get(key) != data["config"].get(key):
                 raise ConfigError(
                     f"{out} holds a grid run with other {key!r} settings "
@@ -342,8 +360,34 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def summary_table(summaries: list[GroupSummary], source_per_seed: bool = True) -> Table:
-    """The grid's Markdown table: AUC and log-loss mean, std and 95 % interval per group."""
+def count_unchanged(rows: list[dict[str, Any]]) -> dict[GroupKey, int]:
+    """Per (model, method, fraction, task): seeds whose kept checkpoint is the starting model.
+
+    That is a best epoch of 0 for a method that trains from the source model (early stopping
+    found no epoch better on the validation split); ``source-only`` and ``target-only``,
+    which do not start from a trained model they could keep, are left out.
+    """
+    counts: dict[GroupKey, int] = {}
+    for row in rows:
+        if row["method"] in ("source-only", "target-only"):
+            continue
+        key = (row["model"], row["method"], float(row["fraction"]), row["task"])
+        counts[key] = counts.get(key, 0) + int(int(row["best_epoch"]) == 0)
+    return counts
+
+
+def summary_table(
+    summaries: list[GroupSummary],
+    source_per_seed: bool = True,
+    unchanged: dict[GroupKey, int] | None = None,
+) -> Table:
+    """The grid's Markdown table: AUC and log-loss mean, std and 95 % interval per group.
+
+    Args:
+        summaries: the statistics per group and metric (:func:`summarize_results`).
+        source_per_seed: how the grid varied its source models (for the note).
+        unchanged: :func:`count_unchanged`; adds a column when given.
+    """
     by_key: dict[tuple[str, str, float, str], dict[str, GroupSummary]] = {}
     for item in summaries:
         by_key.setdefault((item.model, item.method, item.fraction, item.task), {})[item.metric] = (
@@ -352,8 +396,11 @@ def summary_table(summaries: list[GroupSummary], source_per_seed: bool = True) -
     columns = ["model", "method", "fraction", "task", "seeds"]
     for label in ("AUC", "log-loss"):
         columns += [f"{label} mean", f"{label} std", f"{label} 95 % CI"]
+    if unchanged is not None:
+        columns.append("unchanged")
     rows = []
-    for (model, method, fraction, task), metrics in by_key.items():
+    for key, metrics in by_key.items():
+        model, method, fraction, task = key
         row = [model, method, f"{fraction:g}", task, str(metrics["auc"].summary.count)]
         for metric in ("auc", "logloss"):
             summary = metrics[metric].summary
@@ -363,6 +410,8 @@ def summary_table(summaries: list[GroupSummary], source_per_seed: bool = True) -
                 else "n/a"
             )
             row += [format_number(summary.mean), format_number(summary.std), interval]
+        if unchanged is not None:
+            row.append(str(unchanged[key]) if key in unchanged else "-")
         rows.append(row)
     varies = (
         "draws its own target sample and pretrains its own source model"
@@ -373,7 +422,12 @@ def summary_table(summaries: list[GroupSummary], source_per_seed: bool = True) -
         f"Over seeds (each seed {varies}); 95 % CI: mean ± t_{{0.975, n-1}} · std / √n; "
         "n/a: fewer than 2 finite values.",
     ]
-    return Table(columns, rows, notes=notes, align_right=[False] * 4 + [True] * 7)
+    if unchanged is not None:
+        notes.append(
+            "unchanged: seeds whose kept checkpoint is the starting source model (no epoch "
+            "beat it on the target validation split); -: the method does not start from one."
+        )
+    return Table(columns, rows, notes=notes, align_right=[False] * 4 + [True] * 8)
 
 
 def write_grid_results(out: Path, config: GridConfig, cells: list[Cell]) -> GridResult:
@@ -421,7 +475,8 @@ def write_grid_results(out: Path, config: GridConfig, cells: list[Cell]) -> Grid
         ),
     )
     finished = len({(row["model"], row["method"], row["fraction"], row["seed"]) for row in rows})
-    table = summary_table(summaries, config.source_per_seed)
+    unchanged = count_unchanged(rows)
+    table = summary_table(summaries, config.source_per_seed, unchanged)
     lines = [
         f"# Grid results: {config.data.describe()}",
         "",
@@ -453,4 +508,5 @@ def write_grid_results(out: Path, config: GridConfig, cells: list[Cell]) -> Grid
         summary_markdown=summary_markdown,
         plots=plots,
         summaries=summaries,
+        unchanged=unchanged,
     )

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from taa.errors import ConfigError, DataError
 from taa.experiments.results import as_float, epochs_of, history_series
@@ -35,6 +36,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DPI = 110
 SOURCE_COLOR = "#1f77b4"
 TARGET_COLOR = "#d62728"
+METRIC_LABELS = {"auc": "AUC", "logloss": "log-loss", "gauc": "group AUC"}
 
 
 def _new_figure(rows: int, columns: int, panel_size: tuple[float, float]) -> tuple[Figure, Any]:
@@ -97,6 +99,8 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
     for task, values in _validation_series(history, "auc").items():
         auc_axis.plot(epochs, values, marker="o", label=f"{task} valid AUC")
 
+    for axis in (loss_axis, auc_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
     loss_axis.set_title("training and validation loss")
@@ -140,6 +144,7 @@ def plot_wasserstein(
     for task, values in series.items():
         axis.plot(epochs, values, marker="o", label=f"{task} critic")
     axis.axhline(0.0, color="grey", linewidth=0.8)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("Wasserstein estimate")
     axis.set_title("critic estimate of source-target distance")
@@ -155,7 +160,9 @@ def plot_metric_by_fraction(
     """Plot a metric's mean against target fraction, one line per method, with 95 % bars.
 
     One panel per (task, model): tasks down, models across. The fraction axis is
-    logarithmic when the fractions span more than a factor of 10.
+    logarithmic when the fractions span more than a factor of 10. The methods' points are
+    drawn a little apart along that axis (up to 3 % of the fraction either way) so that their
+    bars do not hide each other.
 
     Raises:
         DataError: no summary holds ``metric``.
@@ -171,7 +178,10 @@ def plot_metric_by_fraction(
     for row_index, task in enumerate(tasks):
         for column_index, model in enumerate(models):
             axis = axes[row_index][column_index]
-            for method in methods:
+            for method_index, method in enumerate(methods):
+                dodge = 1.0 + 0.06 * (method_index - (len(methods) - 1) / 2) / max(
+                    len(methods) - 1, 1
+                )
                 points = sorted(
                     (item.fraction, item.summary)
                     for item in rows
@@ -184,7 +194,7 @@ def plot_metric_by_fraction(
                     for _, summary in points
                 ]
                 axis.errorbar(
-                    [fraction for fraction, _ in points],
+                    [fraction * dodge for fraction, _ in points],
                     [summary.mean for _, summary in points],
                     yerr=errors,
                     marker="o",
@@ -194,7 +204,7 @@ def plot_metric_by_fraction(
             if fractions and fractions[-1] > 10 * fractions[0]:
                 axis.set_xscale("log")
             axis.set_xlabel("target fraction")
-            axis.set_ylabel(metric.upper() if metric == "auc" else metric)
+            axis.set_ylabel(METRIC_LABELS.get(metric, metric))
             axis.set_title(f"{model}: {task}", fontsize="medium")
             axis.legend(fontsize="small")
     return _save(figure, path)

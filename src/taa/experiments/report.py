@@ -26,6 +26,8 @@ from typing import Any
 
 from taa.errors import DataError
 from taa.experiments.results import (
+    DEMO_MANIFEST,
+    GRID_MANIFEST,
     is_finished,
     is_run_folder,
     read_final_metrics,
@@ -37,8 +39,6 @@ from taa.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-DEMO_MANIFEST = "demo.json"
-GRID_MANIFEST = "grid.json"
 REPORT_FOLDER = "report"
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
@@ -313,7 +313,7 @@ def grid_sections(folder: Path, plots: Path) -> list[Section]:
         f"{list(config.methods)}, target fractions {list(config.fractions)}, seeds "
         f"{list(config.seeds)}. Metrics on the target test split."
     )
-    summary.tables.append(summary_table(result.summaries, config.source_per_seed))
+    summary.tables.append(summary_table(result.summaries, config.source_per_seed, result.unchanged))
     for path in result.plots:
         metric = "AUC" if path.name.startswith("auc") else "log-loss"
         copy = plots / path.name

@@ -19,6 +19,9 @@ from taa.errors import DataError
 HISTORY_FILE = "metrics.jsonl"
 FINAL_METRICS_FILE = "final_metrics.json"
 CONFIG_FILE = "config.json"
+#: Manifests that mark a folder as the output of ``taa demo`` or ``taa grid``.
+DEMO_MANIFEST = "demo.json"
+GRID_MANIFEST = "grid.json"
 METRIC_NAMES = ("auc", "logloss", "gauc")
 
 

@@ -103,7 +103,9 @@ def comparison_table(
     """Per-task AUC and log-loss of several runs on one split, one row per method.
 
     When ``baseline`` is among the runs, a ``ΔAUC`` column per task gives each method's
-    AUC minus the baseline's (positive: better than the unadapted source model).
+    AUC minus the baseline's (positive: better than the unadapted source model). The last
+    column gives the epoch early stopping kept and the epochs trained (``0/3``: no epoch
+    beat the starting model on the validation split).
 
     Args:
         runs: method name -> its final metrics, in the row order wanted.
@@ -129,8 +131,14 @@ def comparison_table(
                 base_auc = base.tasks.get(task, {}).get("auc", math.nan)
                 gain = auc - base_auc
                 row.append(MISSING if not math.isfinite(gain) else f"{gain:+.{digits}f}")
+        row.append(f"{summary.best_epoch}/{summary.epochs_run}")
         rows.append(row)
+    columns.append("best/run epochs")
     notes = [f"{MISSING}: undefined, e.g. AUC on a split with one class only."]
     if base is not None:
         notes.append(f"ΔAUC: AUC minus that of {baseline} (the source model, not adapted).")
+    notes.append(
+        "best/run epochs: the epoch kept by early stopping on the target validation split, "
+        "of those trained; 0 is the starting model, unchanged."
+    )
     return Table(columns, rows, notes=notes)
