@@ -198,3 +198,50 @@ def test_arrow_engine_refuses_like_duckdb(
     for engine in ("duckdb", "arrow"):
         with pytest.raises(DataError, match=message):
             _prepare(tmp_path / engine, {"NL": path}, engine, **options)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("value", ["2.6", "99.7"])
+def test_raw_non_integer_code_refused(raw_country, tmp_path: Path, engine: str, value: str) -> None:
+    """Check that a raw item code that is not a whole number is refused, never rounded."""
+    parts = _orphan_parts(raw_country)
+    parts["item_train"][2][18] = value  # item column 19 (categorical_10) of line 3
+    path = raw_country.write(tmp_path / "raw", parts)
+    with pytest.raises(
+        DataError,
+        match=rf"nl_item_train.csv: line 3, column 'column 19': '{value}' is not an integer "
+        r"category code \(data row 3;",
+    ):
+        _prepare(tmp_path / engine, {"NL": path}, engine)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_processed_non_integer_code_refused(tmp_path: Path, engine: str) -> None:
+    """Check that a processed categorical value of 1.5 is refused with file, line, column."""
+    from taa.data.readers.processed import PROCESSED_ROLES
+
+    header = list(PROCESSED_ROLES.columns)
+    rows = [[str(i // 2)] + [str(i % 3)] * 16 + ["0.5"] * 63 + [str(i % 2), "0"] for i in range(4)]
+    rows[1][3] = "1.5"  # categorical_3 of data row 2 (line 3)
+    folder = tmp_path / "X"
+    folder.mkdir()
+    text = "\n".join([",".join(header)] + [",".join(row) for row in rows]) + "\n"
+    (folder / "train.csv").write_text(text)
+    (folder / "test.csv").write_text(text)
+    with pytest.raises(
+        DataError,
+        match=r"train.csv: line 3, column 'categorical_3': '1.5' is not an integer category "
+        r"code \(data row 2;",
+    ):
+        _prepare(tmp_path / engine, {"X": folder}, engine)
+
+
+def test_integer_code_written_as_float_accepted(raw_country, tmp_path: Path) -> None:
+    """Check that a code written ``2.0`` is the code 2 (the same vocabulary as ``2``)."""
+    parts = _orphan_parts(raw_country)
+    path = raw_country.write(tmp_path / "plain", parts)
+    parts["item_train"][2][18] = parts["item_train"][2][18] + ".0"
+    dotted = raw_country.write(tmp_path / "dotted", parts)
+    first = _prepare(tmp_path / "a", {"NL": path}, "duckdb")
+    second = _prepare(tmp_path / "b", {"NL": dotted}, "duckdb")
+    assert (first / "vocabulary.json").read_text() == (second / "vocabulary.json").read_text()

@@ -10,7 +10,7 @@ import pytest
 
 from taa.data.encode import load_for_scoring
 from taa.data.prepare import PrepareConfig, prepare_dataset
-from taa.errors import DataRepairWarning, SchemaMismatchError
+from taa.errors import DataError, DataRepairWarning, SchemaMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,21 @@ def test_flat_file_without_labels(dataset: Path, tmp_path: Path, raw_country) ->
     assert scoring.split.numerical[1, 0].item() == pytest.approx(mean, rel=1e-6)
     assert scoring.oov_counts["categorical_5"] == 1
     np.testing.assert_array_equal(scoring.ids["row"], [1, 2])
+
+
+def test_flat_file_non_integer_code_refused(dataset: Path, tmp_path: Path, raw_country) -> None:
+    """Check that a code of 1.5 in a CSV scored with a raw-prepared dataset is refused as
+    ``taa prepare`` refuses it, not encoded as unseen."""
+    table = pq.read_table(dataset / "NL" / "train.parquet")
+    names = [name for name in table.column_names if name not in ("click", "conversion")]
+    row = [str(value) for value in _raw_train_row(raw_country)]
+    row[3] = "1.5"  # categorical_3
+    (tmp_path / "rows.csv").write_text(",".join(names) + "\n" + ",".join(row) + "\n")
+    with pytest.raises(
+        DataError,
+        match=r"rows.csv: line 2, column 'categorical_3': '1.5' is not an integer category code",
+    ):
+        load_for_scoring(tmp_path / "rows.csv", dataset)
 
 
 def _raw_train_row(raw) -> list[object]:

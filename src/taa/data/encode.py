@@ -168,14 +168,17 @@ class ScoringInput:
 class FlatFileReader(DomainReader):
     """One CSV (with a header) or Parquet file holding a dataset's columns, for scoring.
 
-    Columns other than the schema's are ignored; task columns are optional.
+    Columns other than the schema's are ignored; task columns are optional. With
+    ``integer_codes`` (a dataset prepared from raw or processed input) categorical CSV values
+    must be integer codes, as ``taa prepare`` requires: ``1.5`` is refused, ``2.0`` is code 2.
     """
 
     layout = "processed"
 
-    def __init__(self, path: Path, roles: Roles) -> None:
+    def __init__(self, path: Path, roles: Roles, *, integer_codes: bool = False) -> None:
         super().__init__(path)
         self._roles = roles
+        self.integer_codes = integer_codes
 
     @property
     def roles(self) -> Roles:
@@ -197,7 +200,7 @@ class FlatFileReader(DomainReader):
             self.roles,
             unexpected="ignore",
             tasks_required=not scoring,
-            text_categories=True,
+            text_categories=not self.integer_codes,
         )
         return load_single_table(
             session, table, self.roles, domain=domain, split=split, options=options
@@ -213,6 +216,13 @@ def _schema_roles(schema: Schema) -> Roles:
     )
 
 
+def _integer_codes(schema: Schema) -> bool:
+    """Whether the dataset was prepared from integer category codes (raw or processed input)."""
+    sources = schema.extra.get("sources") or {}
+    layouts = {str(item.get("layout")) for item in sources.values() if isinstance(item, dict)}
+    return bool(layouts) and layouts <= {"tianchi", "processed"}
+
+
 def scoring_reader(path: Path, layout: str, schema: Schema) -> DomainReader:
     """The reader for a file to score: a flat CSV/Parquet file or any ``taa prepare`` layout."""
     from taa.data.readers import LAYOUTS, open_reader
@@ -222,7 +232,7 @@ def scoring_reader(path: Path, layout: str, schema: Schema) -> DomainReader:
     suffix = path.suffix.lower()
     is_table = path.is_file() and suffix in CSV_SUFFIXES + PARQUET_SUFFIXES
     if is_table and layout in ("auto", "processed"):
-        return FlatFileReader(path, _schema_roles(schema))
+        return FlatFileReader(path, _schema_roles(schema), integer_codes=_integer_codes(schema))
     reader = open_reader(path, layout)
     roles = _schema_roles(schema)
     if (reader.roles.group_key, reader.roles.features) != (roles.group_key, roles.features):

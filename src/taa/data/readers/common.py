@@ -448,10 +448,61 @@ def csv_type(column: Column, table: TableFile) -> str:
     if column.kind == KEY:
         return "BIGINT"
     if column.kind == CATEGORICAL:
-        return "VARCHAR" if table.text_categories else "BIGINT"
+        return "VARCHAR"  # integer codes are checked and cast by :func:`csv_value`
     if column.kind == NUMERICAL:
         return "FLOAT"
     return "DOUBLE" if column.kind == LABEL else "VARCHAR"
+
+
+_NOT_INTEGER = "taa: not an integer category code"
+
+
+def csv_value(column: Column, table: TableFile, source: str) -> str:
+    """The SQL expression giving a parsed CSV column's staged value.
+
+    An integer category code is parsed as text and cast here, so that a code such as ``1.5``
+    is refused rather than rounded (DuckDB's cast rounds): the expression raises a DuckDB
+    error holding :data:`_NOT_INTEGER`, the column and the value (see :func:`_code_error`).
+    ``1.0`` is the code 1. Other columns pass through.
+    """
+    name = sql_name(source)
+    if column.kind != CATEGORICAL or table.text_categories:
+        return name
+    as_int, as_double = f"TRY_CAST({name} AS BIGINT)", f"TRY_CAST({name} AS DOUBLE)"
+    marker = sql_string(f"{_NOT_INTEGER}\t{column.source}\t")
+    return (
+        f"CASE WHEN {name} IS NULL OR trim({name}) = '' THEN NULL "
+        f"WHEN {as_int} IS NULL OR {as_double} IS DISTINCT FROM CAST({as_int} AS DOUBLE) "
+        f"THEN error({marker} || {name}) ELSE {as_int} END"
+    )
+
+
+def _code_error(table: TableFile, error: DataError) -> DataError | None:
+    """The message for a non-integer category code found by :func:`csv_value`, or None.
+
+    The value's line is found by reading the CSV again (only on this error path).
+    """
+    text = str(error)
+    if _NOT_INTEGER not in text:
+        return None
+    source, value = text.split(_NOT_INTEGER, 1)[1].split("\t", 2)[1:3]
+    value = value.splitlines()[0] if value else value
+    position = next(i for i, column in enumerate(table.columns) if column.source == source)
+    line = row = None
+    with open(table.path, newline="", encoding="utf-8-sig", errors="replace") as stream:
+        reader = csv.reader(stream)
+        if table.header:
+            next(reader, None)
+        for number, fields in enumerate(reader, start=1):
+            if len(fields) > position and fields[position] == value:
+                line, row = reader.line_num, number
+                break
+    where = f"line {line}" if line is not None else "a data row"
+    row_note = f"data row {row}; " if row is not None else ""
+    return DataError(
+        f"{table.origin}: {where}, column {source!r}: {value!r} is not an integer category "
+        f"code ({row_note}codes are whole numbers and are never rounded): fix the value"
+    )
 
 
 def stage_table(session: Session, table: TableFile) -> StagedTable:
@@ -477,7 +528,8 @@ def _stage_csv(session: Session, table: TableFile, target: Path) -> int:
         for column in table.columns
     )
     select = ", ".join(
-        f"{sql_name(names[column.source])} AS {sql_name(column.name)}" for column in table.kept()
+        f"{csv_value(column, table, names[column.source])} AS {sql_name(column.name)}"
+        for column in table.kept()
     )
     rejects = session.unique("rejects")
     scan = (
@@ -487,7 +539,10 @@ def _stage_csv(session: Session, table: TableFile, target: Path) -> int:
         f"rejects_scan = {sql_string(rejects + '_scan')}, rejects_limit = {REJECTS_KEPT})"
     )
     sql = f"COPY (SELECT {select} FROM {scan}) TO {sql_string(target)} ({STAGED_PARQUET})"
-    rows = int(session.one(sql, table.origin)[0])
+    try:
+        rows = int(session.one(sql, table.origin)[0])
+    except DataError as error:
+        raise _code_error(table, error) or error from error.__cause__
     errors = session.rows(
         "SELECT line, column_idx, error_type, csv_line, error_message "
         f"FROM {sql_name(rejects)} ORDER BY line LIMIT 1",

@@ -54,6 +54,7 @@ from taa.data.readers.common import (
     StagedTable,
     TableFile,
     csv_type,
+    csv_value,
     sql_name,
     sql_string,
     stage_table,
@@ -399,8 +400,12 @@ def _parsed(
             f"{sql_string(f'c{position}')}: {sql_string(csv_type(column, table))}"
             for position, column in enumerate(layout)
         )
+        values = ", ".join(
+            f"{csv_value(column, table, f'c{position}')} AS {sql_name(f'c{position}')}"
+            for position, column in enumerate(layout)
+        )
         sql = (
-            f"SELECT * FROM read_csv({sql_string(csv_path)}, header = false, "
+            f"SELECT {values} FROM read_csv({sql_string(csv_path)}, header = false, "
             f"columns = {{{types}}}, auto_detect = false, delim = ',', quote = '\"', "
             "escape = '\"')"
         )
