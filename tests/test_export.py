@@ -320,3 +320,24 @@ def test_cli_exports_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     main(["export", str(run), "--format", "torchscript", "--out", str(out)])
     assert "exported mmoe (torchscript) to" in capsys.readouterr().out
     assert ExportedModel.load(out).model_name == "mmoe"
+
+
+def test_export_refuses_an_out_under_a_file(tmp_path: Path) -> None:
+    """Check that an --out whose parent is a file is refused before loading anything."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "model.onnx"
+    with pytest.raises(ConfigError, match=r"--out got .*model\.onnx'.*afile' is a file"):
+        export_checkpoint(ExportConfig(source=tmp_path / "missing", out=out))
+
+
+def test_export_refuses_an_unwritable_folder(tmp_path: Path) -> None:
+    """Check that an --out in a folder that cannot be written is refused with its name."""
+    with pytest.raises(ConfigError, match=r"--out got '/proc/m\.pt', but folder '/proc'"):
+        export_checkpoint(ExportConfig(source=tmp_path, out=Path("/proc/m.pt")))
+
+
+def test_export_refuses_a_folder_as_out(tmp_path: Path) -> None:
+    """Check that a folder given as --out is refused even with --overwrite."""
+    (tmp_path / "m.onnx").mkdir()
+    with pytest.raises(ConfigError, match=r"--out got .*m\.onnx', which is a folder"):
+        export_checkpoint(ExportConfig(source=tmp_path, out=tmp_path / "m.onnx", overwrite=True))

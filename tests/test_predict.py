@@ -185,3 +185,46 @@ def test_predict_command_writes_the_output(
     )  # fmt: skip
     assert pq.read_table(output).num_rows == 50
     assert f"wrote {output}" in capsys.readouterr().out
+
+
+def _predict_to(scoring: dict, output: Path, **options: object) -> Path:
+    return predict(
+        PredictConfig(
+            model=scoring["checkpoint"],
+            dataset=scoring["dataset"],
+            input=scoring["input"],
+            output=output,
+            **options,
+        )
+    )
+
+
+def test_predict_refuses_an_output_under_a_file(scoring: dict, tmp_path: Path) -> None:
+    """Check that an --output whose parent is a file is refused naming that file."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"--output got .*afile/x\.csv'.*afile' is a file"):
+        _predict_to(scoring, tmp_path / "afile" / "x.csv")
+
+
+def test_predict_refuses_an_unwritable_folder(scoring: dict) -> None:
+    """Check that an --output in a folder that cannot be written is refused with its name."""
+    with pytest.raises(ConfigError, match=r"--output got '/proc/o\.csv', but folder '/proc'"):
+        _predict_to(scoring, Path("/proc/o.csv"))
+
+
+def test_predict_refuses_a_folder_as_output(scoring: dict, tmp_path: Path) -> None:
+    """Check that an existing folder given as --output is refused, suggesting a file name."""
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(ConfigError, match=r"--output got .*d\.csv', which is a folder; give a"):
+        _predict_to(scoring, tmp_path / "d.csv")
+
+
+def test_predict_refuses_to_overwrite(scoring: dict, tmp_path: Path) -> None:
+    """Check that an existing --output is kept unless --overwrite is given, then replaced."""
+    output = tmp_path / "scores.csv"
+    output.write_text("keep me")
+    with pytest.raises(ConfigError, match=r"scores\.csv already exists; pass --overwrite"):
+        _predict_to(scoring, output)
+    assert output.read_text() == "keep me"
+    _predict_to(scoring, output, overwrite=True)
+    assert pacsv.read_csv(output).num_rows == 50

@@ -393,9 +393,9 @@ def export_model(
 def export_checkpoint(config: ExportConfig) -> ExportResult:
     """``taa export``: load a run's best checkpoint and export it with the run's schema."""
     from taa.train.checkpoint import check_schema, load_checkpoint
+    from taa.train.predict import check_output_file
 
-    if config.out.exists() and not config.overwrite:
-        raise ConfigError(f"--out {config.out} already exists; pass --overwrite to replace it")
+    check_output_file(config.out, "--out", overwrite=config.overwrite)
     checkpoint, schema_path = resolve_source(config.source, config.dataset)
     schema = Schema.load(schema_path)
     model, info = load_checkpoint(checkpoint)

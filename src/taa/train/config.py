@@ -399,6 +399,7 @@ class PredictConfig:
     device: str = field(default="auto", metadata=_option("Where to score.", DEVICES))
     precision: str = field(default="fp32", metadata=_option("Autocast precision.", PRECISIONS))
     threads: int = field(default=0, metadata=_option("CPU threads; 0 keeps torch's default."))
+    overwrite: bool = field(default=False, metadata=_option("Replace an existing --output file."))
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)

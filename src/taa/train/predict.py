@@ -122,6 +122,52 @@ def score_split(scorer: Scorer, split: TensorSplit, batch_size: int = 8192) -> n
     return np.concatenate(pieces)
 
 
+def check_output_file(path: str | Path, option: str, *, overwrite: bool = False) -> Path:
+    """Refuse an output path that cannot be written, before any work is done.
+
+    Args:
+        path: the file to write.
+        option: the option naming it in messages (``--output``, ``--out``).
+        overwrite: an existing file may be replaced.
+
+    Raises:
+        ConfigError: the path is a folder, exists (without ``overwrite``), lies under a
+            file, or its nearest existing folder cannot be written to.
+    """
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"option {option} got {str(path)!r}, which is a folder; give a file name, such "
+            f"as {str(path / ('scores' + (path.suffix or '.csv')))!r}"
+        )
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"option {option}: {path} already exists; pass --overwrite to replace it or "
+            "choose another name"
+        )
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"option {option} got {str(path)!r}, but {str(folder)!r} is a file, not a folder; "
+            "choose a path inside a folder"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".taa-probe.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"option {option} got {str(path)!r}, but folder {str(folder)!r} cannot be written "
+            f"to ({error.strerror or error}); choose a path in a writable folder"
+        ) from error
+    return path
+
+
 def write_scores(
     path: str | Path, ids: dict[str, Any], tasks: tuple[str, ...], probabilities: np.ndarray
 ) -> Path:
@@ -142,6 +188,17 @@ def write_scores(
     if len(rows) > 1:
         raise DataError(f"id columns and scores differ in length: {sorted(rows)} rows")
     table = pa.table(columns)
+    try:
+        _write_table(path, table)
+    except OSError as error:
+        raise ConfigError(
+            f"option --output: cannot write {str(path)!r} ({error.strerror or error}); "
+            "choose a file name in a writable folder"
+        ) from error
+    return path
+
+
+def _write_table(path: Path, table: Any) -> None:
     with atomic_path(path) as temporary:
         if path.suffix.lower() == ".csv":
             import pyarrow.csv as pacsv
@@ -155,7 +212,6 @@ def write_scores(
             raise ConfigError(
                 f"option --output got {str(path)!r}; allowed: a .csv or .parquet file name"
             )
-    return path
 
 
 def predict(config: PredictConfig, scorer: Scorer | None = None) -> Path:
@@ -170,6 +226,7 @@ def predict(config: PredictConfig, scorer: Scorer | None = None) -> Path:
     """
     from taa.data.encode import load_for_scoring
 
+    check_output_file(config.output, "--output", overwrite=config.overwrite)
     apply_threads(config.threads)
     device = resolve_device(config.device)
     schema = Schema.load(config.dataset)
