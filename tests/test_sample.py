@@ -233,20 +233,45 @@ def test_redrawing_a_name_with_other_settings_warns(
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
 def test_fraction_outside_zero_one_is_refused(dataset: Path, fraction: float) -> None:
     """Check that a fraction outside (0, 1] is refused, naming the value."""
-    with pytest.raises(ConfigError, match=rf"fraction must be in \(0, 1\], got {fraction}"):
+    with pytest.raises(
+        ConfigError, match=rf"option --fraction must be in \(0, 1\], got {fraction}"
+    ):
         draw_sample(dataset, "B", fraction=fraction)
 
 
 @pytest.mark.parametrize("valid_fraction", [0.0, 1.0])
 def test_valid_fraction_outside_zero_one_is_refused(dataset: Path, valid_fraction: float) -> None:
     """Check that a validation fraction of 0 or 1 is refused, naming the value."""
-    with pytest.raises(ConfigError, match=rf"strictly between 0 and 1, got {valid_fraction}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"option --valid-fraction must be strictly between 0 and 1, got {valid_fraction}",
+    ):
         draw_sample(dataset, "B", valid_fraction=valid_fraction)
+
+
+def test_negative_seed_is_refused(dataset: Path) -> None:
+    """Check that a negative seed is a ConfigError on --seed, not a NumPy error."""
+    with pytest.raises(ConfigError, match=r"option --seed must be an integer >= 0, got -5"):
+        draw_sample(dataset, "B", seed=-5)
+
+
+def test_negative_seed_on_the_command_line(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Check that ``taa sample --seed -5`` prints one error line naming --seed and exits 2."""
+    from taa.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", str(dataset), "--domain", "B", "--seed", "-5"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: option --seed must be an integer >= 0, got -5; e.g. --seed 0\n"
+    )
 
 
 def test_a_name_with_a_slash_is_refused(dataset: Path) -> None:
     """Check that a sample name that would leave the samples folder is refused."""
-    with pytest.raises(ConfigError, match=r"option name '\.\./x' is not a sample name"):
+    with pytest.raises(ConfigError, match=r"option --name '\.\./x' is not a sample name"):
         draw_sample(dataset, "B", name="../x")
 
 

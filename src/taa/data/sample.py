@@ -211,19 +211,21 @@ def valid_count(sampled: int, valid_fraction: float) -> int:
     return min(sampled - 1, max(1, math.floor(valid_fraction * sampled + 0.5)))
 
 
-def _check_options(fraction: float, valid_fraction: float, name: str) -> None:
+def _check_options(fraction: float, valid_fraction: float, name: str, seed: int = 0) -> None:
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(
-            f"option fraction must be in (0, 1], got {fraction}; e.g. --fraction 0.01 for 1 %"
+            f"option --fraction must be in (0, 1], got {fraction}; e.g. --fraction 0.01 for 1 %"
         )
     if not 0.0 < valid_fraction < 1.0:
         raise ConfigError(
-            f"option valid_fraction must be strictly between 0 and 1, got {valid_fraction}; "
+            f"option --valid-fraction must be strictly between 0 and 1, got {valid_fraction}; "
             "e.g. --valid-fraction 0.2"
         )
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"option --seed must be an integer >= 0, got {seed!r}; e.g. --seed 0")
     if not _NAME_PATTERN.match(name):
         raise ConfigError(
-            f"option name {name!r} is not a sample name; use letters, digits, '.', '_' and '-' "
+            f"option --name {name!r} is not a sample name; use letters, digits, '.', '_' and '-' "
             "starting with a letter or digit (no '/')"
         )
 
@@ -321,8 +323,9 @@ def draw_sample(
         >>> info = draw_sample("dataset", "B", fraction=0.01, seed=0)  # doctest: +SKIP
         >>> load_split("dataset", "B", info.train_split)  # doctest: +SKIP
     """
+    _check_options(fraction, valid_fraction, "x", seed)
     name = default_name(fraction, seed) if name is None else name
-    _check_options(fraction, valid_fraction, name)
+    _check_options(fraction, valid_fraction, name, seed)
     dataset = Path(dataset)
     schema = Schema.load(dataset)
     table, labels, source_path = _read_population(dataset, domain, schema)
