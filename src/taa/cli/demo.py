@@ -30,10 +30,10 @@ def command(ctx: click.Context, **options: Any) -> None:
 
         bar = tqdm(total=1, desc="taa demo", file=sys.stderr, position=0, leave=True)
 
-        def on_step(description: str, index: int, total: int) -> None:
+        def on_step(label: str, index: int, total: int) -> None:
             bar.total = total
             bar.n = index
-            bar.set_description(f"demo: {description}")
+            bar.set_description(f"demo: {label}")
             bar.refresh()
 
         try:
@@ -46,10 +46,7 @@ def command(ctx: click.Context, **options: Any) -> None:
         result = run_demo(config, progress=False)
 
     click.echo("")
-    click.echo(
-        f"taa demo: {result.metrics and next(iter(result.metrics.values())).domain} test "
-        "split, per-task AUC and log-loss per method"
-    )
+    click.echo(f"taa demo: {result.pair.target} test split, per-task AUC and log-loss per method")
     click.echo(result.table.to_text())
     for note in result.table.notes:
         click.echo(note)

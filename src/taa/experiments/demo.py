@@ -285,7 +285,8 @@ def run_demo(
     Args:
         config: what to run.
         progress: let the trainers show their progress bars.
-        on_step: called as ``on_step(description, index, total)`` before each step.
+        on_step: called as ``on_step(label, index, total)`` before each step, with a short
+            label such as ``"adapt taa"`` (the log line says more).
     """
     methods = config.method_list()
     _check_reuse(config)
@@ -296,19 +297,19 @@ def run_demo(
     started = time.perf_counter()
     counter = iter(range(total))
 
-    def step(description: str) -> None:
+    def step(label: str, detail: str) -> None:
         index = next(counter)
-        logger.info("demo step %d/%d: %s", index + 1, total, description)
+        logger.info("demo step %d/%d: %s: %s", index + 1, total, label, detail)
         if on_step:
-            on_step(description, index, total)
+            on_step(label, index, total)
 
     spec = config.data_spec()
-    step(f"data: {spec.describe()}")
+    step("data", spec.describe())
     clock = time.perf_counter()
     pair = steps.prepare(spec, config.out / "work")
     seconds["data"] = time.perf_counter() - clock
 
-    step(f"target sample: {config.fraction:g} of {pair.target} train rows")
+    step("target sample", f"{config.fraction:g} of the {pair.target} train rows")
     clock = time.perf_counter()
     sample = steps.sample(pair, config.fraction, config.seed, valid_fraction=0.2)
     seconds["sample"] = time.perf_counter() - clock
@@ -331,7 +332,7 @@ def run_demo(
         "expert_hidden": config.expert_hidden,
         "tower_hidden": config.tower_hidden,
     }
-    step(f"pretrain {config.model} on {pair.source}")
+    step(f"pretrain {config.model}", f"on {pair.source}")
     clock = time.perf_counter()
     source_checkpoint = steps.pretrain(
         pair,
@@ -343,7 +344,7 @@ def run_demo(
     seconds["pretrain"] = time.perf_counter() - clock
 
     for method in methods:
-        step(f"adapt: {method} on {pair.target}/{sample}")
+        step(f"adapt {method}", f"{config.model} on {pair.target}/{sample}")
         runs[method] = config.out / "runs" / f"{method}-{config.model}"
         clock = time.perf_counter()
         steps.adapt(
@@ -362,7 +363,7 @@ def run_demo(
 
     report = None
     if config.report:
-        step("report")
+        step("report", str(config.out / "report"))
         clock = time.perf_counter()
         report = write_report(config.out)
         seconds["report"] = time.perf_counter() - clock
