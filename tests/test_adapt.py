@@ -264,6 +264,24 @@ def test_missing_sample_names_the_available_splits(
     assert not (tmp_path / "run").exists()
 
 
+def test_unknown_eval_split_is_refused_before_training(
+    source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Check that adapt refuses --eval-split naming no split of the target, leaving no run."""
+    dataset, checkpoint = source
+    with pytest.raises(ConfigError, match=r"--eval-split got 'nope', but domain 'T' has no"):
+        adapt(adapt_config(dataset, checkpoint, tmp_path / "run", "taa", eval_split="nope"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_task_weight_count_leaves_no_run(source: tuple[Path, Path], tmp_path: Path) -> None:
+    """Check that adapt refuses --task-weights of the wrong count, leaving no run folder."""
+    dataset, checkpoint = source
+    with pytest.raises(ConfigError, match=r"--task-weights got 1 weights \[1.0\] for 2 tasks"):
+        adapt(adapt_config(dataset, checkpoint, tmp_path / "run", "taa", task_weights=(1.0,)))
+    assert not (tmp_path / "run").exists()
+
+
 def test_divergence_warning_names_task_and_phase() -> None:
     """Check that a non-finite critic loss warns once, naming the task and the phase."""
     warned: set[tuple[str, str]] = set()

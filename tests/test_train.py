@@ -176,6 +176,18 @@ def test_task_weights_must_match_the_tasks(tmp_path: Path) -> None:
         ConfigError, match=r"got 3 weights .* for 2 tasks \['click', 'conversion'\]"
     ):
         pretrain(tiny_pretrain(dataset, tmp_path / "run", task_weights=(1.0, 1.0, 1.0)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_eval_split_is_refused_before_training(tmp_path: Path) -> None:
+    """Check that --eval-split naming no split is refused with the choices, before any
+    training, leaving no run folder."""
+    dataset = make_dataset(tmp_path / "data", source_rows=60)
+    with pytest.raises(
+        ConfigError, match=r"option --eval-split got 'nope', but domain 'S' has no such split"
+    ):
+        pretrain(tiny_pretrain(dataset, tmp_path / "run", eval_split="nope"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_domain_is_refused(tmp_path: Path) -> None:

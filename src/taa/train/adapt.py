@@ -57,6 +57,7 @@ from taa.train.runs import RunFolder, RunResult, config_record
 from taa.train.runtime import apply_threads, resolve_device, seed_everything
 from taa.train.setup import (
     adam,
+    check_run_options,
     compiled,
     final_evaluation,
     open_run,
@@ -134,6 +135,7 @@ def adapt(config: AdaptConfig) -> RunResult:
     apply_threads(config.threads)
     _, device = start_processes(resolve_device(config.device))
     schema = Schema.load(config.dataset)
+    check_run_options(config, schema, config.target)
     source_model, model_name, model_config, source = _starting_model(config, schema)
     if source is None and config.uses_source_rows:
         raise ConfigError(

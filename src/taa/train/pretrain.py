@@ -38,6 +38,7 @@ from taa.train.runs import RunResult, config_record
 from taa.train.runtime import apply_threads, resolve_device, seed_everything
 from taa.train.setup import (
     adam,
+    check_run_options,
     compiled,
     final_evaluation,
     open_run,
@@ -204,6 +205,7 @@ def pretrain(config: PretrainConfig) -> RunResult:
     apply_threads(config.threads)
     context, device = start_processes(resolve_device(config.device))
     schema = Schema.load(config.dataset)
+    check_run_options(config, schema, config.domain)
     model_name = config.model or DEFAULT_MODEL
     model_config = config.model_config or ModelConfig()
     run_dir = config.run_dir or default_run_dir(config, model_name)

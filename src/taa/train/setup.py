@@ -69,6 +69,32 @@ def task_weight_tensor(options: RunOptions, tasks: tuple[str, ...]) -> torch.Ten
     return torch.tensor(options.task_weights, dtype=torch.float32)
 
 
+def check_run_options(options: RunOptions, schema: Schema, domain: str) -> None:
+    """Check the options that the schema and the dataset folder decide, before a run folder
+    is made: ``--task-weights`` (one per task) and ``--eval-split`` (a split of ``domain``).
+
+    Raises:
+        ConfigError: a wrong number of task weights, or an evaluation split that does not
+            exist (the message lists the domain's splits).
+    """
+    from taa.data.batches import split_path
+
+    task_weight_tensor(options, schema.tasks)
+    if schema.domains and domain not in schema.domains:
+        return  # the data loader names the unknown domain with the dataset's domains
+    path = split_path(options.dataset, domain, options.eval_split)
+    if not path.is_file():
+        domain_dir = Path(options.dataset) / domain
+        available = sorted(
+            item.relative_to(domain_dir).with_suffix("").as_posix()
+            for item in domain_dir.rglob("*.parquet")
+        )
+        raise ConfigError(
+            f"option --eval-split got {options.eval_split!r}, but domain {domain!r} has no such "
+            f"split ({path} does not exist); choose one of {available or 'none'}"
+        )
+
+
 def adam(parameters: Any, lr: float, weight_decay: float = 0.0, **kwargs: Any) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, **kwargs)
 
