@@ -156,3 +156,11 @@ def test_later_task_without_earlier_one(tmp_path: Path) -> None:
     (tmp_path / "shop.yaml").write_text(YAML)
     with pytest.raises(DataError, match=r"data row 3: buy is 1 but 'cart' is 0"):
         _read(tmp_path / "shop.yaml", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["shop.yaml", "shop.toml"])
+def test_schema_file_not_utf8(tmp_path: Path, name: str) -> None:
+    """Check that a schema file with Latin-1 bytes is a DataError naming file and line."""
+    (tmp_path / name).write_bytes(b"# shop\n# caf\xe9\n")
+    with pytest.raises(DataError, match=rf"{name}: line 2 is not UTF-8 text \(byte 0xe9"):
+        TabularReader(tmp_path / name)

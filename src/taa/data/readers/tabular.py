@@ -51,9 +51,17 @@ def read_schema_file(path: Path) -> dict[str, Any]:
         DataError: unreadable file, unknown or missing keys, or values of the wrong type.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read the schema file ({error})") from error
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line} is not UTF-8 text (byte {raw[error.start]:#04x} at offset "
+            f"{error.start}); save the schema file as UTF-8"
+        ) from error
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
