@@ -315,14 +315,19 @@ def collect_results(out: Path, cells: Iterable[Cell]) -> list[dict[str, Any]]:
                     "auc": metrics.get("auc", math.nan),
                     "logloss": metrics.get("logloss", math.nan),
                     "gauc": metrics.get("gauc", math.nan),
-                    "rows": metrics.get("rows", math.nan),
-                    "positives": metrics.get("positives", math.nan),
+                    "rows": _count(metrics.get("rows", math.nan)),
+                    "positives": _count(metrics.get("positives", math.nan)),
                     "best_epoch": summary.best_epoch,
                     "epochs_run": summary.epochs_run,
                     "run_dir": run_dir.relative_to(out).as_posix(),
                 }
             )
     return rows
+
+
+def _count(value: float) -> int | float:
+    """A row count as an int (NaN stays NaN when a run did not record it)."""
+    return int(value) if math.isfinite(value) else value
 
 
 def summarize_results(rows: list[dict[str, Any]]) -> list[GroupSummary]:
