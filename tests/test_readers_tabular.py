@@ -164,3 +164,26 @@ def test_schema_file_not_utf8(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_bytes(b"# shop\n# caf\xe9\n")
     with pytest.raises(DataError, match=rf"{name}: line 2 is not UTF-8 text \(byte 0xe9"):
         TabularReader(tmp_path / name)
+
+
+@pytest.mark.parametrize("line", [2, 3])
+def test_csv_not_utf8_names_the_line(tmp_path: Path, line: int) -> None:
+    """Check that a Latin-1 byte on a data line is reported on that line, not on line 1."""
+    lines = [b"g,c,y", b"1,a,1", b"2,b,0"]
+    lines[line - 1] = lines[line - 1].replace(b",a,", b",caf\xe9,").replace(b",b,", b",caf\xe9,")
+    (tmp_path / "t.csv").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "s.yaml").write_text(
+        "group_key: g\ncategorical: [c]\ntasks: [y]\ntrain: t.csv\ntest: t.csv\n"
+    )
+    with pytest.raises(DataError, match=rf"t.csv: line {line} is not UTF-8 text"):
+        _read(tmp_path / "s.yaml", tmp_path)
+
+
+def test_csv_header_not_utf8(tmp_path: Path) -> None:
+    """Check that a Latin-1 byte in the header is reported on line 1 with its offset."""
+    (tmp_path / "t.csv").write_bytes(b"g,c\xe9,y\n1,a,1\n")
+    (tmp_path / "s.yaml").write_text(
+        "group_key: g\ncategorical: [c]\ntasks: [y]\ntrain: t.csv\ntest: t.csv\n"
+    )
+    with pytest.raises(DataError, match=r"t.csv: line 1 is not UTF-8 text \(byte 0xe9 at offset 3"):
+        _read(tmp_path / "s.yaml", tmp_path)

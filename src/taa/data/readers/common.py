@@ -371,13 +371,16 @@ class DomainReader(ABC):
 
 def read_csv_header(path: Path, origin: str) -> list[str]:
     """The column names in the first line of a CSV file."""
+    with open(path, "rb") as stream:
+        first = stream.readline()  # only line 1: a bad byte further on is not line 1's
     try:
-        with open(path, newline="", encoding="utf-8-sig") as stream:
-            header = next(csv.reader(stream), None)
+        text = first.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(
-            f"{origin}: line 1 is not UTF-8 text ({error}); save it as UTF-8"
+            f"{origin}: line 1 is not UTF-8 text (byte {first[error.start]:#04x} at offset "
+            f"{error.start}); save it as UTF-8"
         ) from error
+    header = next(csv.reader([text.rstrip("\r\n")]), None)
     if not header:
         raise DataError(f"{origin}: the file is empty; expected a header line and data rows")
     return [name.strip() for name in header]
@@ -562,6 +565,11 @@ def _reject_error(
         return DataError(
             f"{table.origin}: line {line}: expected {expected} columns, got {len(fields)}; "
             f"every row needs {expected} comma-separated values: fix or remove the line"
+        )
+    if kind in ("INVALID UNICODE", "INVALID ENCODING") or "nvalid unicode" in (message or ""):
+        return DataError(
+            f"{table.origin}: line {line} is not UTF-8 text (DuckDB: {message}); save the "
+            "file as UTF-8"
         )
     if kind == "CAST" and 1 <= column_index <= expected:
         column = table.columns[column_index - 1]
