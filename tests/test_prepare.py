@@ -284,7 +284,8 @@ def test_domain_name_from_path() -> None:
     [
         (("A=x", "A=y"), r"names 'A' twice"),
         (("bad name=x",), r"the name 'bad name' must be letters"),
-        (("samples=x",), r"the name 'samples' must be"),
+        (("samples=x",), r"the name 'samples' is reserved .*choose another name"),
+        (("ES=x", "es=y"), r"names 'ES' and 'es', which differ only by case"),
     ],
 )
 def test_domain_option_errors(domains: tuple[str, ...], message: str) -> None:

@@ -161,13 +161,24 @@ class PrepareConfig:
             if not separator:
                 name, path = default_domain_name(Path(entry)), str(entry)
             name = name.strip()
-            if not _DOMAIN_NAME.fullmatch(name) or name == "samples":
+            if name == "samples":
+                raise ConfigError(
+                    f"option --domain got {entry!r}: the name 'samples' is reserved (it is the "
+                    "folder of `taa sample`'s draws); choose another name, e.g. --domain NL=path"
+                )
+            if not _DOMAIN_NAME.fullmatch(name):
                 raise ConfigError(
                     f"option --domain got {entry!r}: the name {name!r} must be letters, digits, "
                     "'_', '-' or '.' (not starting with '_', '-' or '.'), e.g. --domain NL=path"
                 )
             if name in paths:
                 raise ConfigError(f"option --domain names {name!r} twice; give each domain once")
+            clash = next((other for other in paths if other.lower() == name.lower()), None)
+            if clash is not None:
+                raise ConfigError(
+                    f"option --domain names {clash!r} and {name!r}, which differ only by case "
+                    "and would share one folder on a case-insensitive file system; rename one"
+                )
             paths[name] = Path(path)
         return paths
 
