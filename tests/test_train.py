@@ -142,6 +142,28 @@ def test_load_checkpoint_names_a_missing_file(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "nothing.pt")
 
 
+def test_load_checkpoint_refuses_a_damaged_file(tmp_path: Path) -> None:
+    """Check that a file of random bytes is refused as damaged, naming it and the fix."""
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(
+        DataError, match=r"bad\.pt: not a taa checkpoint, or the file is damaged .*taa pretrain"
+    ):
+        load_checkpoint(path)
+
+
+def test_load_checkpoint_never_suggests_unsafe_loading(tmp_path: Path) -> None:
+    """Check that a pickle torch will not load safely gives our message, without torch's
+    advice to load with weights_only=False."""
+    import datetime
+
+    path = tmp_path / "foreign.pt"
+    torch.save({"when": datetime.datetime(2020, 1, 1)}, path)
+    with pytest.raises(DataError, match=r"foreign\.pt: not a taa checkpoint") as error:
+        load_checkpoint(path)
+    assert "weights_only" not in str(error.value)
+
+
 def test_same_seed_gives_the_same_metrics(
     pretrained: tuple[Path, RunResult], tmp_path: Path
 ) -> None:

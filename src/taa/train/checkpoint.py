@@ -98,8 +98,10 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
+        # torch's own message may advise unsafe loading: keep it out of ours (DEBUG only)
+        logger.debug("%s: torch.load failed: %r", path, error)
         raise DataError(
-            f"{path}: not a readable taa checkpoint ({type(error).__name__}: {error}); "
+            f"{path}: not a taa checkpoint, or the file is damaged ({type(error).__name__}); "
             "re-create it with `taa pretrain` or `taa adapt`"
         ) from error
     if not isinstance(payload, dict):
