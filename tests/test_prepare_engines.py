@@ -245,3 +245,18 @@ def test_integer_code_written_as_float_accepted(raw_country, tmp_path: Path) -> 
     first = _prepare(tmp_path / "a", {"NL": path}, "duckdb")
     second = _prepare(tmp_path / "b", {"NL": dotted}, "duckdb")
     assert (first / "vocabulary.json").read_text() == (second / "vocabulary.json").read_text()
+
+
+def test_fallback_logs_one_short_line(
+    raw_country, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Check that when DuckDB's parse error stops the arrow engine, the INFO line about the
+    fallback is one short line (DuckDB's multi-line message only at DEBUG)."""
+    parts = _orphan_parts(raw_country)
+    parts["item_train"][1][5] = "abc"
+    path = raw_country.write(tmp_path / "raw", parts)
+    with caplog.at_level(logging.INFO, logger="taa"), pytest.raises(DataError):
+        _prepare(tmp_path / "arrow", {"NL": path}, "arrow")
+    lines = [r.getMessage() for r in caplog.records if FALLBACK in r.getMessage()]
+    assert lines == ["NL/train: read by the duckdb engine (the arrow engine stopped: "
+                     "ConversionException, details at -vv)"]  # fmt: skip

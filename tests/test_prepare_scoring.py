@@ -107,3 +107,15 @@ def test_layout_with_other_columns(dataset: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(SchemaMismatchError, match=r"t.yaml: its columns \(tabular layout"):
         load_for_scoring(tmp_path / "t.yaml", dataset)
+
+
+def test_header_only_file_names_the_file(dataset: Path, tmp_path: Path) -> None:
+    """Check that a CSV to score with a header and no rows is named as the file to score,
+    not as a split of a domain."""
+    table = pq.read_table(dataset / "NL" / "train.parquet")
+    names = [name for name in table.column_names if name not in ("click", "conversion")]
+    (tmp_path / "empty.csv").write_text(",".join(names) + "\n")
+    with pytest.raises(
+        DataError, match=r"empty.csv: no data rows; the file to score must hold at least one row"
+    ):
+        load_for_scoring(tmp_path / "empty.csv", dataset)

@@ -33,7 +33,7 @@ from taa.data.readers.common import (
     sql_name,
 )
 from taa.data.schema import OOV_INDEX, Schema
-from taa.data.validate import ValidationOptions
+from taa.data.validate import SCORING_DOMAIN, ValidationOptions
 from taa.data.vocabulary import Vocabulary, canonical_value
 from taa.errors import ConfigError, SchemaMismatchError
 
@@ -279,7 +279,7 @@ def load_for_scoring(
         tempfile.TemporaryDirectory(prefix="taa-score-") as scratch,
         Session(Path(scratch), memory_limit=memory_limit) as session,
     ):
-        view = reader.load_split(session, "input", "test", options, scoring=True)
+        view = reader.load_split(session, SCORING_DOMAIN, "test", options, scoring=True)
         types = register_vocabulary(session, vocabulary, schema.categorical_names)
         sql = encoding_sql(view, schema, types, keep_row=True)
         columns = session.numpy(sql, str(path))

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# The domain name ``taa predict`` reads its input under; messages name the file instead.
+SCORING_DOMAIN = "input"
+
 NAN_CHOICES = ("fail", "impute")
 CONVERSION_CHOICES = ("fail", "repair", "keep")
 ORPHAN_CHOICES = ("drop", "fail")
@@ -184,6 +187,11 @@ def check_table(
 
     table = staged.table
     if staged.rows == 0:
+        if domain == SCORING_DOMAIN:
+            raise DataError(
+                f"{table.origin}: no data rows; the file to score must hold at least one row "
+                "after its header"
+            )
         raise DataError(
             f"{table.origin}: no data rows; the {split} split of domain {domain!r} must hold at "
             "least one row"

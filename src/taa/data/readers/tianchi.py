@@ -309,7 +309,11 @@ class TianchiReader(DomainReader):
             try:
                 return _arrow_split(self, session, domain, split, options)
             except Exception as error:  # the DuckDB engine reports or reads it
-                reason = error if isinstance(error, _FallbackError) else repr(error)
+                if isinstance(error, _FallbackError):
+                    reason = str(error)
+                else:  # one short line; the details (DuckDB's are several lines) at DEBUG
+                    reason = f"{type(error).__name__}, details at -vv"
+                    logger.debug("%s/%s: arrow engine error: %s", domain, split, error)
                 logger.info(
                     "%s/%s: read by the duckdb engine (the arrow engine stopped: %s)",
                     domain,
