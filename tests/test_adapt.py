@@ -133,15 +133,20 @@ def test_taa_history_logs_critic_losses_and_wasserstein_per_task(
 
 
 def test_best_epoch_is_the_best_validation_score(source: tuple[Path, Path], tmp_path: Path) -> None:
-    """Check that the kept epoch has the highest mean validation AUC of the history."""
+    """Check that the kept epoch has the highest weighted validation AUC of the history.
+
+    Each task's AUC counts with the size of its smaller class, min(positives, negatives).
+    """
     dataset, checkpoint = source
     result = adapt(
         adapt_config(dataset, checkpoint, tmp_path / "run", "target-only", epochs=4, patience=5)
     )
     history = read_history(result.run_dir)
-    scores = [
-        np.mean([record["valid"][task]["auc"] for task in record["valid"]]) for record in history
-    ]
+    scores = []
+    for record in history:
+        tasks = [item for item in record["valid"].values() if np.isfinite(item["auc"])]
+        weights = [min(item["positives"], item["rows"] - item["positives"]) for item in tasks]
+        scores.append(np.average([item["auc"] for item in tasks], weights=weights))
     assert result.final_metrics["best_epoch"] == history[int(np.argmax(scores))]["epoch"]
     best = json.loads((result.run_dir / "checkpoints" / "best.json").read_text())
     assert best["epoch"] == result.final_metrics["best_epoch"]

@@ -130,3 +130,31 @@ def test_evaluate_model_restores_nothing_it_should_not(checkpoint: tuple[Path, P
     first = evaluate_model(model, split, ("click", "conversion"), device=torch.device("cpu"))
     second = evaluate_model(model, split, ("click", "conversion"), device=torch.device("cpu"))
     assert first == second
+
+
+def test_selection_score_weights_tasks_by_their_smaller_class() -> None:
+    """Check that a task with one positive barely moves the epoch's score."""
+    from taa.train.evaluate import selection_score
+
+    valid = {
+        "click": {"auc": 0.7, "logloss": 0.1, "rows": 100, "positives": 30},
+        "conversion": {"auc": 0.2, "logloss": 0.1, "rows": 100, "positives": 1},
+    }
+    # Weights min(30, 70) = 30 and min(1, 99) = 1: (0.7 * 30 + 0.2 * 1) / 31.
+    assert selection_score(valid) == pytest.approx((0.7 * 30 + 0.2) / 31, abs=1e-12)
+
+
+def test_selection_score_skips_undefined_aucs_and_falls_back_to_log_loss() -> None:
+    """Check that NaN AUCs are left out, and minus the mean log-loss is used without any."""
+    from taa.train.evaluate import selection_score
+
+    one_defined = {
+        "click": {"auc": 0.6, "logloss": 0.3, "rows": 10, "positives": 5},
+        "conversion": {"auc": float("nan"), "logloss": 0.1, "rows": 10, "positives": 0},
+    }
+    none_defined = {
+        "click": {"auc": float("nan"), "logloss": 0.3, "rows": 10, "positives": 0},
+        "conversion": {"auc": float("nan"), "logloss": 0.1, "rows": 10, "positives": 0},
+    }
+    assert selection_score(one_defined) == pytest.approx(0.6)
+    assert selection_score(none_defined) == pytest.approx(-0.2)

@@ -169,11 +169,32 @@ def load_rows(dataset: Any, domain: str, split: str, schema: Schema) -> TensorSp
 
 
 def selection_score(valid: dict[str, dict[str, float | int]]) -> float:
-    """The number early stopping maximises: the mean validation AUC over tasks where it is
-    defined; when no task has a defined AUC, minus the mean log-loss.
+    """The number early stopping maximises.
+
+    It is the mean of the tasks' validation AUCs weighted by ``min(positives,
+    negatives)``, over the tasks whose AUC is defined. The standard error of an AUC shrinks
+    with the size of its smaller class, so this weighting (inverse-variance, up to a
+    constant) keeps a task with one or two positives in a small target sample from
+    deciding the epoch alone. When no task has a defined AUC, the score is minus the mean
+    log-loss.
+
+    Example:
+        >>> selection_score({
+        ...     "click": {"auc": 0.7, "logloss": 0.1, "rows": 100, "positives": 30},
+        ...     "conversion": {"auc": 0.2, "logloss": 0.1, "rows": 100, "positives": 1},
+        ... })  # (0.7 * 30 + 0.2 * 1) / 31
+        0.683870967741...
     """
-    aucs = [float(item["auc"]) for item in valid.values() if np.isfinite(item["auc"])]
+    aucs, weights = [], []
+    for item in valid.values():
+        auc = float(item["auc"])
+        if not np.isfinite(auc):
+            continue
+        rows = int(item.get("rows", 0))
+        positives = int(item.get("positives", 0))
+        aucs.append(auc)
+        weights.append(max(min(positives, rows - positives), 1) if rows else 1)
     if aucs:
-        return float(np.mean(aucs))
+        return float(np.average(aucs, weights=weights))
     losses = [float(item["logloss"]) for item in valid.values()]
     return -float(np.mean(losses)) if losses else float("nan")
