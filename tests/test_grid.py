@@ -331,3 +331,21 @@ def test_grid_command_dry_run_lists_cells(capsys: pytest.CaptureFixture[str]) ->
     assert printed.startswith("72 cells, output unused-folder:")
     assert "  todo  aitm/target-only/f0.05/s2" in printed
     assert not Path("unused-folder").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("adapt", "epochs", "ten", r"\[adapt\] epochs = 'ten' must be an integer"),
+        ("train", "lr", "fast", r"\[train\] lr = 'fast' must be a number"),
+        ("model", "expert_hidden", "128", r"\[model\] expert_hidden = '128' must be a list"),
+    ],
+)
+def test_grid_config_names_a_value_of_the_wrong_type(
+    section: str, key: str, value: str, message: str
+) -> None:
+    """Check that a wrongly typed value names its section, key and value."""
+    data = small_grid()
+    data.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=message):
+        grid_config_from_dict(data)

@@ -266,11 +266,66 @@ def grid_config_from_dict(data: dict[str, Any], source: str = "") -> GridConfig:
     return config
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _expected_type(annotation: Any) -> Any:
+    """The plain type an option takes (``int``, ``float``, ``str``, ``bool``, ``tuple``)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        plain = [item for item in typing.get_args(annotation) if item is not type(None)]
+        return _expected_type(plain[0]) if len(plain) == 1 else None
+    if origin is tuple:
+        return tuple
+    return annotation if annotation in _TYPE_NAMES else None
+
+
+def _check_value_types(
+    section: str, options: dict[str, Any], config_class: type, source: str
+) -> None:
+    """Refuse a value of the wrong type, naming the section, the key and the value."""
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    for key, value in options.items():
+        expected = _expected_type(hints.get(key))
+        if expected is None:
+            continue
+        if expected is tuple:
+            fits = isinstance(value, list | tuple) and all(
+                isinstance(item, int | float) and not isinstance(item, bool) for item in value
+            )
+            allowed = "a list of numbers"
+        elif expected is float:
+            fits = isinstance(value, int | float) and not isinstance(value, bool)
+            allowed = _TYPE_NAMES[float]
+        elif expected is int:
+            fits = isinstance(value, int) and not isinstance(value, bool)
+            allowed = _TYPE_NAMES[int]
+        else:
+            fits = isinstance(value, expected)
+            allowed = _TYPE_NAMES[expected]
+        if not fits:
+            raise ConfigError(
+                f"{source or 'grid config'}: [{section}] {key} = {value!r} must be {allowed}"
+            )
+
+
 def _check_trainer_options(config: GridConfig, source: str) -> None:
     """Build each trainer config once with placeholder names so bad values fail up front."""
     from taa.models.base import ModelConfig
     from taa.train.config import AdaptConfig, PretrainConfig
 
+    for section, options, config_class in (
+        ("train", config.train, PretrainConfig),
+        ("pretrain", config.pretrain, PretrainConfig),
+        ("adapt", config.adapt, AdaptConfig),
+        ("model", config.model, ModelConfig),
+    ):
+        _check_value_types(section, options, config_class, source)
     try:
         model_config = ModelConfig.from_dict(config.model)
         PretrainConfig(
