@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from taa.cli.main import main
-from taa.errors import ConfigError, TaaError
+from taa.data.schema import CategoricalField, Schema
+from taa.errors import ConfigError, DataError, TaaError
 from taa.experiments.grid import (
     GridConfig,
     GridResult,
@@ -349,3 +350,23 @@ def test_grid_config_names_a_value_of_the_wrong_type(
     data.setdefault(section, {})[key] = value
     with pytest.raises(ConfigError, match=message):
         grid_config_from_dict(data)
+
+
+def test_grid_refuses_a_missing_dataset_or_domain_before_writing(tmp_path: Path) -> None:
+    """Check that a prepared dataset that is missing, or lacks a domain, fails up front."""
+    from taa.experiments.pipeline import DataSpec
+
+    with pytest.raises(DataError, match=r"no schema file"):
+        DataSpec(source="ES", target="US", dataset=tmp_path / "nodata").check_inputs()
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    Schema(
+        categorical=(CategoricalField("c1", 3),),
+        numerical=(),
+        tasks=("click",),
+        domains=("ES", "US"),
+    ).save(folder)
+    with pytest.raises(ConfigError, match=r"target 'ZZ' is not a domain of .*\['ES', 'US'\]"):
+        DataSpec(source="ES", target="ZZ", dataset=folder).check_inputs()
+    with pytest.raises(ConfigError, match=r"source 'nowhere' is not a folder"):
+        DataSpec(source="nowhere", target=str(folder)).check_inputs()

@@ -29,6 +29,7 @@ def command(ctx: click.Context, config_file: Path, out: Path | None, dry_run: bo
     config = load_grid_config(config_file)
     target = out or config.out or Path("runs") / "grid"
     cells = cells_of(config)
+    config.data.check_inputs()
     if dry_run:
         click.echo(f"{len(cells)} cells, output {target}:")
         for cell in cells:

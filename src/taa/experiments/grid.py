@@ -189,6 +189,8 @@ def run_grid(
         TaaError: some cells failed (after all others ran, when ``keep_going``).
     """
     out = Path(out) if out is not None else (config.out or Path("runs") / "grid")
+    if steps is None:
+        config.data.check_inputs()
     out.mkdir(parents=True, exist_ok=True)
     steps = steps or PipelineSteps(quiet=True)
     _write_manifest(out, config)

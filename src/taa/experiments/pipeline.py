@@ -79,6 +79,32 @@ class DataSpec:
             if not 0.0 <= self.shift <= 1.0:
                 raise ConfigError(f"data: shift must be in [0, 1], got {self.shift}")
 
+    def check_inputs(self) -> None:
+        """Refuse a pair whose data is not there, before anything is written.
+
+        A prepared ``dataset`` must hold a schema listing both domains; processed-layout
+        ``source`` and ``target`` must be folders. Simulated pairs need nothing.
+        """
+        if self.simulate:
+            return
+        if self.dataset is not None:
+            from taa.data.schema import Schema
+
+            domains = Schema.load(self.dataset).domains
+            for role, name in (("source", self.source), ("target", self.target)):
+                if domains and name not in domains:
+                    raise ConfigError(
+                        f"data: {role} {name!r} is not a domain of {self.dataset}; "
+                        f"choose one of {list(domains)}"
+                    )
+            return
+        for role, name in (("source", self.source), ("target", self.target)):
+            if not Path(name).is_dir():
+                raise ConfigError(
+                    f"data: {role} {name!r} is not a folder; give a processed-layout folder "
+                    "(train.csv and test.csv), or set dataset = ... or simulate = true"
+                )
+
     @property
     def kind(self) -> str:
         """``simulate``, ``prepared`` or ``processed``."""
