@@ -234,7 +234,8 @@ def test_unknown_domain_is_refused(tmp_path: Path) -> None:
 def test_bad_options_are_refused(option: str, value: object, message: str) -> None:
     """Check that each out-of-range option is refused naming the option, value and range."""
     with pytest.raises(ConfigError, match=message):
-        PretrainConfig(dataset=Path("data"), domain="S", **{option: value})  # type: ignore[arg-type]
+        options = {option: value}
+        PretrainConfig(dataset=Path("data"), domain="S", **options)  # type: ignore[arg-type]
 
 
 def test_resume_and_overwrite_together_are_refused() -> None:

@@ -444,7 +444,8 @@ class StreamedSource:
                 self._open_pass()
                 if self._pending is not None and len(self._pending):
                     return self._pending
-            assert self._iterator is not None
+            if self._iterator is None:
+                raise RuntimeError("ParquetStream: no open pass after _open_pass (a bug)")
             batch = next(self._iterator, None)
             if batch is not None:
                 return batch

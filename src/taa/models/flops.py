@@ -51,7 +51,8 @@ def count_linear_flops(
 
     def count(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
-        assert isinstance(module, nn.Linear)
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"the FLOP hook is for nn.Linear, got {type(module).__name__}")
         rows = args[0].numel() // module.in_features
         total += 2 * module.in_features * module.out_features * rows
 

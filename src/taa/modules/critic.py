@@ -124,12 +124,16 @@ def gradient_penalty(
 
 class _ReverseGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, inputs: torch.Tensor, scale: float):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, inputs: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         ctx.scale = scale  # type: ignore[attr-defined]
         return inputs.view_as(inputs)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor):  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
         return -ctx.scale * grad_output, None  # type: ignore[attr-defined]
 
 

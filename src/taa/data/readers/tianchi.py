@@ -519,12 +519,16 @@ def _arrow_split(
                         raise _FallbackError("items without a page (--orphan-items fail)")
                     orphans += int(count - found.sum())
                     position, row = position[found], row[found]
-                    items = {name: values[found] for name, values in items.items()}  # type: ignore[index]
+                    items = {
+                        name: values[found]  # type: ignore[index]
+                        for name, values in items.items()
+                    }
                 label = items[RAW_LABEL]
                 arrays = [items["search_id"]]
                 for name in PROCESSED_ROLES.features:
+                    from_user = side[name] == "user"
                     arrays.append(
-                        pages[name][position] if side[name] == "user" else items[name]  # type: ignore[index]
+                        pages[name][position] if from_user else items[name]  # type: ignore[index]
                     )
                 arrays += [label, row]
                 rows += len(row)
