@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import os
 
-# Threads that wait between parallel regions sleep instead of spinning. It must be set
-# before torch (and its OpenMP runtime) loads; `taa` sets the same default. On a loaded or
-# shared machine, or beside DataLoader workers, spinning threads steal the cores the
-# working threads need (see docs/performance.md). An explicit setting is kept.
-# A child process that must run with torch's defaults sets TAA_BENCH_OPENMP_DEFAULTS.
+# Idle OpenMP threads spin briefly, then sleep, as `taa` sets it (src/taa/cli/main.py). It
+# must be set before torch (and its OpenMP runtime) loads. On a loaded or shared machine, or
+# beside DataLoader workers, long-spinning threads steal the cores the working threads need
+# (docs/performance.md). An explicit setting is kept; a child process that must run with
+# torch's defaults sets TAA_BENCH_OPENMP_DEFAULTS.
 if not (
     "OMP_WAIT_POLICY" in os.environ
     or "GOMP_SPINCOUNT" in os.environ
     or os.environ.get("TAA_BENCH_OPENMP_DEFAULTS")
 ):
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 import argparse
 import platform
@@ -372,7 +372,7 @@ def measure_against_reference(
     rates = []
     for _ in range(max(rounds, 1)):
         seconds.append(timed_steps(step, steps, 0, device))
-        rates.append(gemm_reference_rate(calls, device, repeats=2))
+        rates.append(gemm_reference_rate(calls, device, repeats=3))
     return min(seconds), max(rates)
 
 

@@ -42,6 +42,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Iterations an idle OpenMP thread spins before it sleeps (libgomp's default is 300,000).
+SPIN_COUNT = "1000"
+
+
 class LazyGroup(click.Group):
     """A click group that imports a subcommand's module only when it is invoked."""
 
@@ -76,19 +80,21 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def prefer_sleeping_threads() -> None:
-    """Make OpenMP threads sleep, not spin, while they wait; only before torch is loaded.
+    """Let idle OpenMP threads spin only briefly, then sleep; acts only before torch loads.
 
-    OpenMP reads ``OMP_WAIT_POLICY`` once, when torch loads it, so this only acts when
-    called before the first ``import torch`` (the subcommands load torch lazily). Spinning
-    threads that wait at the end of every operation steal the cores that the working
-    threads need as soon as anything else runs: DataLoader workers, a second job, a
-    shared CI machine. A step of the paper-sized model then ran 1.9x slower on 2 cores
-    (docs/performance.md). An explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is kept.
+    torch's OpenMP runtime (libgomp) reads ``GOMP_SPINCOUNT`` once, when torch is
+    imported, so this only acts when called before the first ``import torch`` (the
+    subcommands load torch lazily). By default an idle thread spins long at the end of
+    every operation; as soon as anything else needs a core (DataLoader workers, another
+    job, a shared CI machine) the spinning threads take it from the threads with work.
+    A spin count of 1000 keeps an idle machine as fast as the default and was 2.4x faster
+    for a small model's TAA step beside one busy process (docs/performance.md). An
+    explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is kept.
     """
     if "torch" in sys.modules:
         return
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 def main(argv: Sequence[str] | None = None) -> None:
