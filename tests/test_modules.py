@@ -12,7 +12,7 @@ from torch import nn
 from taa.errors import ConfigError, DataError
 from taa.modules.embedding import FeatureEmbedding
 from taa.modules.experts import ExpertGroup, Gate, mix_experts
-from taa.modules.mlp import MLP
+from taa.modules.mlp import MLP, MaskedDropout
 from taa.modules.tower import Tower
 
 
@@ -129,9 +129,45 @@ def test_mlp_layer_order_is_linear_norm_relu_dropout() -> None:
     mlp = MLP(6, (4, 3), dropout=0.2)
     kinds = [type(layer) for layer in mlp.layers]
 
-    block = [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout]
+    block = [nn.Linear, nn.BatchNorm1d, nn.ReLU, MaskedDropout]
     assert kinds == block + block
+    assert all(isinstance(layer, nn.Dropout) for layer in mlp.layers[3::4])
     assert mlp.output_dim == 3
+
+
+def test_masked_dropout_drops_at_rate_p_and_rescales() -> None:
+    """Check the drop rate against p and that kept values are scaled by 1 / (1 - p)."""
+    torch.manual_seed(0)
+    outputs = MaskedDropout(0.2)(torch.ones(1000, 1000))
+
+    # 10^6 draws: the standard error of the rate is sqrt(0.2 * 0.8 / 10^6) = 0.0004.
+    assert abs(float((outputs == 0).float().mean()) - 0.2) < 0.002
+    assert set(torch.unique(outputs).tolist()) == {0.0, 1.25}
+
+
+def test_masked_dropout_gradient_follows_the_mask() -> None:
+    """Check that the gradient is the forward mask times 1 / (1 - p), element by element."""
+    torch.manual_seed(0)
+    inputs = torch.full((50, 40), 2.0, requires_grad=True)
+    outputs = MaskedDropout(0.5)(inputs)
+    outputs.sum().backward()
+
+    kept = outputs.detach() != 0
+    torch.testing.assert_close(inputs.grad, kept.float() * 2.0)
+    torch.testing.assert_close(outputs.detach(), kept.float() * 4.0)
+
+
+def test_masked_dropout_is_the_identity_in_eval_mode_and_seeded_in_training() -> None:
+    """Check eval mode returns the input and the same seed draws the same mask."""
+    layer = MaskedDropout(0.3)
+    inputs = torch.randn(20, 10)
+    torch.testing.assert_close(layer.eval()(inputs), inputs)
+
+    layer.train()
+    torch.manual_seed(5)
+    first = layer(inputs)
+    torch.manual_seed(5)
+    torch.testing.assert_close(layer(inputs), first, rtol=0, atol=0)
 
 
 def test_mlp_without_hidden_sizes_is_the_identity() -> None:

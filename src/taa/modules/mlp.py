@@ -10,6 +10,55 @@ from torch import nn
 from taa.errors import ConfigError
 
 
+class _MaskedDropout(torch.autograd.Function):
+    """Dropout with a mask drawn as 15-bit random integers (CPU).
+
+    ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, which on CPUs
+    other than Intel's runs a serial per-element loop: 10 % of an fp32 TAA step and 18 %
+    of a bf16 one on a 2-core AMD EPYC. Drawing ``int16`` integers is 3-4x cheaper, and
+    the forward and backward passes then cost one ``where`` and one in-place multiply each.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, inputs: torch.Tensor, threshold: int, scale: float
+    ) -> torch.Tensor:
+        draws = torch.empty(inputs.shape, dtype=torch.int16, device=inputs.device).random_()
+        keep = draws >= threshold
+        ctx.save_for_backward(keep)
+        ctx.scale = scale  # type: ignore[attr-defined]
+        return torch.where(keep, inputs, 0).mul_(scale)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        (keep,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.where(keep, grad_output, 0).mul_(ctx.scale), None, None  # type: ignore[attr-defined]
+
+
+class MaskedDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU training path draws a cheaper mask (see below).
+
+    In training on a CPU each element is zeroed when a uniform 15-bit integer falls below
+    ``round(p * 32768)``, so the drop probability is ``p`` rounded to a multiple of
+    1/32768 (0.2 becomes 0.20001), and kept elements are scaled by ``1 / (1 - p)`` as in
+    ``nn.Dropout``. The draws come from torch's default generator, so a seed still fixes
+    them. On other devices, in evaluation and with ``p == 0`` it is ``nn.Dropout``.
+
+    Example:
+        >>> layer = MaskedDropout(0.5).eval()
+        >>> layer(torch.ones(3)).tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or inputs.device.type != "cpu" or self.inplace:
+            return super().forward(inputs)
+        threshold = round(self.p * 32768)
+        return _MaskedDropout.apply(inputs, threshold, 1.0 / (1.0 - self.p))
+
+
 class MLP(nn.Module):
     """Stacked ``Linear -> BatchNorm1d -> ReLU -> Dropout`` layers, one per hidden size.
 
@@ -42,7 +91,7 @@ class MLP(nn.Module):
         for size in hidden:
             layers += [nn.Linear(width, size, bias=False), nn.BatchNorm1d(size), nn.ReLU()]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(MaskedDropout(dropout))
             width = size
         self.layers = nn.Sequential(*layers)
         self.output_dim = width
