@@ -13,10 +13,10 @@ from taa.errors import ConfigError
 class _MaskedDropout(torch.autograd.Function):
     """Dropout with a mask drawn as 15-bit random integers (CPU).
 
-    ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, which on CPUs
-    other than Intel's runs a serial per-element loop: 10 % of an fp32 TAA step and 18 %
-    of a bf16 one on a 2-core AMD EPYC. Drawing ``int16`` integers is 3-4x cheaper, and
-    the forward and backward passes then cost one ``where`` and one in-place multiply each.
+    ``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, which on a 2-core
+    AMD EPYC barely uses the second thread and took 10 % of an fp32 TAA step and 18 % of
+    a bf16 one. Drawing ``int16`` integers is 3-4x cheaper, and the forward and backward
+    passes then cost one ``where`` and one in-place multiply each.
     """
 
     @staticmethod
