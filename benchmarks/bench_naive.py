@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
         help="also time the naive pipeline in a child process with torch's OpenMP defaults",
     )
     result.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
-    result.set_defaults(steps=2, rounds=2)
+    result.set_defaults(steps=3, rounds=3)
     return result
 
 

@@ -32,7 +32,7 @@ import bench_adapt
 import bench_evaluate
 import bench_naive
 import bench_train
-from taa.io import atomic_write_json
+from taa.io import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -93,6 +93,50 @@ def _verdict(value: float, target: float, kind: str) -> str:
     return f"{shown} (target >= {wanted}: {'met' if value >= target else 'NOT met'})"
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """The figures of one run as Markdown tables (pasted into benchmarks/README.md)."""
+    lines = [
+        "| benchmark | precision | rows/s | s/step | GEMM GFLOP/step | achieved GFLOP/s "
+        "| reference GFLOP/s | fraction |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for item in results:
+        if item["benchmark"] not in ("evaluate", "pretrain", "adapt"):
+            continue
+        seconds = item.get("seconds_per_step", item.get("seconds_per_pass"))
+        flops = item.get("gemm_flops_per_step", item.get("gemm_flops_per_pass"))
+        unit = " (per pass)" if "seconds_per_pass" in item else ""
+        fraction = f"{item['fraction_of_gemm']:.0%}"
+        if "fraction_of_fp32_gemm" in item:
+            fraction += f" ({item['fraction_of_fp32_gemm']:.0%} of fp32)"
+        lines.append(
+            f"| {item['benchmark']} | {item['precision']} | {item['rows_per_second']:,.0f} "
+            f"| {seconds:.3f}{unit} | {flops / 1e9:.1f} | {item['achieved_flops'] / 1e9:.1f} "
+            f"| {item['reference_flops'] / 1e9:.1f} | {fraction} |"
+        )
+    lines += [
+        "",
+        "| naive comparison | taa batches | per-row DataLoader | ratio "
+        "| DataLoader, torch's OpenMP defaults | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for item in results:
+        if item["benchmark"] != "naive":
+            continue
+        defaults = item.get("naive_torch_defaults_rows_per_second")
+        lines.append(
+            f"| {item['model']}, {item['size']} sizes, batch {item['batch_size']} "
+            f"| {item['fast_rows_per_second']:,.0f} | {item['naive_rows_per_second']:,.0f} "
+            f"| {item['speedup']:.2f}x "
+            + (
+                f"| {defaults:,.0f} | {item['speedup_vs_torch_defaults']:.2f}x |"
+                if defaults
+                else "| - | - |"
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=2048)
@@ -108,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--prepare-rows", type=int, default=1_000_000, help="0 skips it")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="also write Markdown tables of the figures"
+    )
     options = parser.parse_args(argv)
 
     threads = _common.set_threads(options.threads)
@@ -157,6 +204,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if options.json is not None:
         atomic_write_json(options.json, payload)
         _common.emit(f"figures written to {options.json}")
+    if options.markdown is not None:
+        atomic_write_text(options.markdown, markdown(results))
+        _common.emit(f"tables written to {options.markdown}")
     return payload
 
 
