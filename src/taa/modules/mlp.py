@@ -34,7 +34,8 @@ class _MaskedDropout(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor, None, None]:
         (keep,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.where(keep, grad_output, 0).mul_(ctx.scale), None, None  # type: ignore[attr-defined]
+        scale: float = ctx.scale  # type: ignore[attr-defined]
+        return torch.where(keep, grad_output, 0).mul_(scale), None, None
 
 
 class MaskedDropout(nn.Dropout):
