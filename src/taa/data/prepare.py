@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from taa.data.encode import encoding_sql, register_vocabulary
+from taa.data.encode import encoding_sql, integer_columns, register_vocabulary
 from taa.data.readers import LAYOUTS, DomainReader, Roles, Session, SplitView, open_reader
 from taa.data.readers.common import ENGINES, Profile, sql_name, sql_string
 from taa.data.schema import SCHEMA_FILE, CategoricalField, NumericalField, Schema
@@ -287,7 +287,8 @@ def _write_splits(
         progress.set_postfix_str(f"writing {name}/{split}")
         target = folder / name / f"{split}.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
-        sql = encoding_sql(view, schema, types, repair_labels=repair)
+        integer = integer_columns(session, view)
+        sql = encoding_sql(view, schema, types, repair_labels=repair, integer=integer)
         session.rows(
             f"COPY ({sql}) TO {sql_string(target)} (FORMAT parquet, "
             f"COMPRESSION {config.compression}, ROW_GROUP_SIZE {config.row_group_size}, "
