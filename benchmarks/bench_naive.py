@@ -10,6 +10,8 @@ defaults of ``taa adapt``), the same model and the same batch size. For the naiv
 pipeline each collated batch is handed to the step as a one-batch split (the step then
 takes rows ``0..B-1`` of it, the same one ``index_select`` the fast pipeline does). The
 two are timed in alternating rounds in one process; the best round of each is kept.
+Each round also times the step alone on one fixed batch pair (no data path at all): its
+rate over the naive rate is the most any way of feeding the step could gain (``ceiling``).
 Each naive round starts fresh loader iterators (so idle workers never run during a fast
 round) and excludes its first step, which waits for the workers to start.
 
@@ -118,6 +120,29 @@ def time_naive(bundle: _common.StepBundle, args: argparse.Namespace, device: tor
         step.source, step.target = bundle.source, bundle.target
 
 
+def time_step_only(
+    bundle: _common.StepBundle, args: argparse.Namespace, device: torch.device
+) -> float:
+    """Seconds per step of ``bundle.step`` on one fixed batch pair: no data path at all.
+
+    No pipeline can feed the step faster than this, so ``batch / this`` over the naive
+    pipeline's rows per second bounds the speed-up any data path can give.
+    """
+    step = bundle.step
+    rows = torch.arange(args.batch_size)
+
+    def fixed(split: TensorSplit) -> TensorSplit:
+        return TensorSplit(
+            split.categorical[rows], split.numerical[rows], split.labels[rows], split.groups[rows]
+        )
+
+    step.source, step.target = fixed(bundle.source), fixed(bundle.target)
+    try:
+        return _common.timed_steps(lambda: step(rows, rows), args.steps, 0, device)
+    finally:
+        step.source, step.target = bundle.source, bundle.target
+
+
 def time_naive_with_torch_defaults(argv: list[str]) -> float:
     """One naive round in a child process that runs with torch's default OpenMP waiting.
 
@@ -154,9 +179,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
         args, device, source_rows=args.source_rows, target_rows=args.target_rows
     )
     bundle.run_one()
-    fast_seconds, naive_seconds, default_seconds = [], [], []
+    fast_seconds, naive_seconds, default_seconds, bare_seconds = [], [], [], []
     for _ in range(max(args.rounds, 1)):
         fast_seconds.append(_common.timed_steps(bundle.run_one, args.steps, 0, device))
+        bare_seconds.append(time_step_only(bundle, args, device))
         naive_seconds.append(time_naive(bundle, args, device))
         time.sleep(0.2)  # let the exiting workers leave the CPU before the next round
         if argv is not None:
@@ -175,6 +201,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
         "speedup": fast_rate / naive_rate,
         "fast_seconds_per_step": min(fast_seconds),
         "naive_seconds_per_step": min(naive_seconds),
+        "step_only_rows_per_second": args.batch_size / min(bare_seconds),
+        "ceiling": args.batch_size / min(bare_seconds) / naive_rate,
     }
     if default_seconds:
         default_rate = args.batch_size / min(default_seconds)
@@ -188,7 +216,10 @@ def report(figures: dict[str, Any]) -> str:
         f"naive     {figures['model']} ({figures['size']} sizes) {figures['precision']} batch "
         f"{figures['batch_size']}: taa batches {figures['fast_rows_per_second']:,.0f} target "
         f"rows/s vs per-row DataLoader ({figures['workers']} workers per domain) "
-        f"{figures['naive_rows_per_second']:,.0f} target rows/s = {figures['speedup']:.2f}x"
+        f"{figures['naive_rows_per_second']:,.0f} target rows/s = {figures['speedup']:.2f}x; "
+        f"the step alone on one fixed batch (no data path) "
+        f"{figures['step_only_rows_per_second']:,.0f} target rows/s, so no data path can "
+        f"beat the naive one by more than {figures['ceiling']:.2f}x"
     )
     if "speedup_vs_torch_defaults" in figures:
         line += (
