@@ -7,6 +7,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,16 +16,19 @@ from taa.cli.main import main
 from taa.errors import DataError
 from taa.experiments.plots import (
     PNG_SIGNATURE,
+    metric_by_fraction_figure,
     plot_metric_by_fraction,
     plot_projections,
     plot_training_curves,
     plot_wasserstein,
     principal_axes,
     project_pair,
+    training_curves_figure,
+    wasserstein_figure,
 )
 from taa.experiments.report import ReportResult, detect_kind, write_report
 from taa.experiments.results import read_final_metrics, read_history
-from taa.experiments.stats import GroupSummary, summarize
+from taa.experiments.stats import GroupSummary, Summary, summarize
 
 TASKS = ("click", "conversion")
 
@@ -135,6 +139,74 @@ def test_metric_by_fraction_writes_a_png(tmp_path: Path) -> None:
     ]
     path = plot_metric_by_fraction(summaries, tmp_path / "auc.png")
     assert _is_png(path.read_bytes())
+
+
+def _visible_ticks(axis: Any) -> list[str]:
+    """The x tick labels inside the axis's view, as drawn."""
+    axis.figure.canvas.draw()
+    low, high = axis.get_xlim()
+    return [
+        label.get_text()
+        for label in axis.get_xticklabels()
+        if low <= label.get_position()[0] <= high
+    ]
+
+
+EPOCH_FIGURES = {"curves": training_curves_figure, "wasserstein": wasserstein_figure}
+
+
+@pytest.mark.parametrize("figure_name", list(EPOCH_FIGURES))
+@pytest.mark.parametrize(
+    ("epochs", "expected"),
+    [([1], ["1"]), ([0, 1], ["0", "1"]), ([2, 3, 4], ["2", "3", "4"])],
+)
+def test_epoch_axis_ticks_are_whole_epochs(
+    figure_name: str, epochs: list[int], expected: list[str]
+) -> None:
+    """Check that epoch axes tick whole epochs only, a run of one epoch included."""
+    history = [dict(record, epoch=epoch) for record, epoch in zip(_history(), epochs, strict=False)]
+    figure = EPOCH_FIGURES[figure_name](history)
+    for axis in figure.axes:
+        assert _visible_ticks(axis) == expected
+
+
+def _bar_ends(metric: str, mean: float, half_width: float) -> tuple[float, float]:
+    """The lower and upper end of the one interval bar drawn for a single summary."""
+    summary = Summary(3, mean, 0.02, half_width, 0.95, 0)
+    figure = metric_by_fraction_figure(
+        [GroupSummary("mmoe", "taa", 0.01, "click", metric, summary)], metric
+    )
+    container = figure.axes[0].containers[0]
+    (segment,) = container.lines[2][0].get_segments()
+    return float(segment[0][1]), float(segment[1][1])
+
+
+@pytest.mark.parametrize(
+    ("metric", "mean", "half_width", "ends"),
+    [
+        ("auc", 0.98, 0.05, (0.93, 1.0)),  # the interval reaches 1.03
+        ("auc", 0.03, 0.05, (0.0, 0.08)),  # and -0.02 here
+        ("gauc", 0.99, 0.1, (0.89, 1.0)),
+        ("logloss", 0.02, 0.05, (0.0, 0.07)),  # log-loss is bounded below only
+        ("logloss", 1.5, 0.1, (1.4, 1.6)),
+        ("auc", 0.7, 0.05, (0.65, 0.75)),  # inside the range: unchanged
+    ],
+)
+def test_interval_bars_are_drawn_clipped_to_the_metric_range(
+    metric: str, mean: float, half_width: float, ends: tuple[float, float]
+) -> None:
+    """Check that a grid plot's 95 % bar is drawn within the values the metric can take."""
+    assert _bar_ends(metric, mean, half_width) == pytest.approx(ends, abs=1e-12)
+
+
+def test_wasserstein_plot_explains_its_sign() -> None:
+    """Check that the Wasserstein plot names the difference it shows and what its trend means."""
+    figure = wasserstein_figure(_history())
+    assert figure is not None
+    assert figure.axes[0].get_ylabel() == "critic(source) - critic(target)"
+    note = " ".join(text.get_text() for text in figure.texts)
+    assert "critic is trained to raise it, the encoder to lower it" in note
+    assert "Falling: target features move towards the source ones" in note
 
 
 def test_principal_axes_match_covariance_eigenvectors() -> None:

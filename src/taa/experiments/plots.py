@@ -3,12 +3,15 @@
 * :func:`plot_training_curves`: training losses and validation AUC per epoch of one run.
 * :func:`plot_wasserstein`: each task critic's Wasserstein estimate per epoch (taa runs).
 * :func:`plot_metric_by_fraction`: a grid's metric against target fraction, one line per
-  method with 95 % interval bars, one panel per (task, model).
+  method with 95 % interval bars (drawn clipped to the metric's range), one panel per
+  (task, model).
 * :func:`plot_feature_projection`: source and target task features projected on their two
   principal axes, before (source checkpoint) and after adaptation (adapted checkpoint).
 
 Figures are built on a private :class:`~matplotlib.figure.Figure` with an Agg canvas, never
-through ``pyplot``'s global state, and written atomically.
+through ``pyplot``'s global state, and written atomically. Each ``plot_*`` function has a
+``*_figure`` twin that returns the figure unsaved, for callers that want to adjust or inspect
+it. Epoch axes carry whole-number ticks only.
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ _DPI = 110
 SOURCE_COLOR = "#1f77b4"
 TARGET_COLOR = "#d62728"
 METRIC_LABELS = {"auc": "AUC", "logloss": "log-loss", "gauc": "group AUC"}
+#: The values each metric can take; interval bars are drawn clipped to them.
+METRIC_RANGES = {"auc": (0.0, 1.0), "gauc": (0.0, 1.0), "logloss": (0.0, math.inf)}
+#: What the Wasserstein plot's sign means, printed under it (see docs/method.md).
+WASSERSTEIN_NOTE = "\n".join(
+    (
+        "estimate = mean critic(source) - mean critic(target) on evaluation rows;",
+        "the critic is trained to raise it, the encoder to lower it.",
+        "Falling: target features move towards the source ones (or the critic falls behind).",
+        "Rising: the critic tells the domains apart better. Near 0: no difference found.",
+        "Below 0: the critic does not carry over to these rows (a distance is never negative).",
+    )
+)
 
 
 def _new_figure(rows: int, columns: int, panel_size: tuple[float, float]) -> tuple[Figure, Any]:
@@ -47,8 +62,8 @@ def _new_figure(rows: int, columns: int, panel_size: tuple[float, float]) -> tup
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
+    """Write a laid-out figure as PNG, atomically."""
     path = Path(path)
-    figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     logger.debug("wrote plot %s", path)
@@ -57,6 +72,16 @@ def _save(figure: Figure, path: str | Path) -> Path:
 
 def _finite(values: Sequence[float]) -> bool:
     return any(math.isfinite(value) for value in values)
+
+
+def _epoch_axis(axis: Any) -> None:
+    """Label an axis ``epoch`` and tick it at whole epochs only, even for a single epoch.
+
+    ``min_n_ticks=1`` matters: with the default of 2, a run of one epoch falls back to
+    fractional ticks (0.96, 0.98, ...).
+    """
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axis.set_xlabel("epoch")
 
 
 def _validation_series(history: list[dict[str, Any]], metric: str) -> dict[str, list[float]]:
@@ -71,19 +96,14 @@ def _validation_series(history: list[dict[str, Any]], metric: str) -> dict[str, 
     }
 
 
-def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Plot training losses (left) and validation AUC per task (right) against epochs.
-
-    Args:
-        history: records of a run's ``metrics.jsonl`` (see :func:`read_history`).
-        path: PNG file to write.
-        title: figure title, e.g. the run's method and model.
+def training_curves_figure(history: list[dict[str, Any]], title: str = "") -> Figure:
+    """The figure :func:`plot_training_curves` writes, laid out but not saved.
 
     Raises:
         DataError: the history is empty (the run has not finished an epoch).
     """
     if not history:
-        raise DataError(f"no epochs to plot for {path}: the run's metrics.jsonl is empty")
+        raise DataError("no epochs to plot: the run's metrics.jsonl is empty")
     epochs = epochs_of(history)
     figure, axes = _new_figure(1, 2, (5.0, 3.6))
     loss_axis, auc_axis = axes[0]
@@ -100,12 +120,10 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
         auc_axis.plot(epochs, values, marker="o", label=f"{task} valid AUC")
 
     for axis in (loss_axis, auc_axis):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    loss_axis.set_xlabel("epoch")
+        _epoch_axis(axis)
     loss_axis.set_ylabel("loss")
     loss_axis.set_title("training and validation loss")
     loss_axis.legend(fontsize="small")
-    auc_axis.set_xlabel("epoch")
     auc_axis.set_ylabel("AUC")
     auc_axis.set_title("validation AUC")
     if any(_finite(list(line.get_ydata())) for line in auc_axis.get_lines()):
@@ -122,7 +140,51 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
         )
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    figure.tight_layout()
+    return figure
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Plot training losses (left) and validation AUC per task (right) against epochs.
+
+    Args:
+        history: records of a run's ``metrics.jsonl`` (see :func:`read_history`).
+        path: PNG file to write.
+        title: figure title, e.g. the run's method and model.
+
+    Raises:
+        DataError: the history is empty (the run has not finished an epoch).
+    """
+    if not history:
+        raise DataError(f"no epochs to plot for {path}: the run's metrics.jsonl is empty")
+    return _save(training_curves_figure(history, title), path)
+
+
+def wasserstein_figure(history: list[dict[str, Any]], title: str = "") -> Figure | None:
+    """The figure :func:`plot_wasserstein` writes, or ``None`` without a finite estimate.
+
+    The y axis is ``mean critic(source) - mean critic(target)`` on evaluation features
+    (docs/method.md); a note under the plot says what its sign and trend mean.
+    """
+    series = history_series(history, "train", "wasserstein")
+    series = {task: values for task, values in series.items() if _finite(values)}
+    if not series:
+        return None
+    epochs = epochs_of(history)
+    figure, axes = _new_figure(1, 1, (6.0, 5.0))
+    axis = axes[0][0]
+    for task, values in series.items():
+        axis.plot(epochs, values, marker="o", label=f"{task} critic")
+    axis.axhline(0.0, color="grey", linewidth=0.8)
+    _epoch_axis(axis)
+    axis.set_ylabel("critic(source) - critic(target)")
+    axis.set_title("critic estimate of the source-target Wasserstein distance")
+    axis.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.text(0.5, 0.01, WASSERSTEIN_NOTE, ha="center", va="bottom", fontsize="x-small")
+    figure.tight_layout(rect=(0.0, 0.17, 1.0, 1.0))
+    return figure
 
 
 def plot_wasserstein(
@@ -130,46 +192,51 @@ def plot_wasserstein(
 ) -> Path | None:
     """Plot each task critic's Wasserstein estimate per epoch.
 
+    The estimate is ``mean critic(source) - mean critic(target)``. The critic is trained to
+    make it large and the encoder's adversarial term to make it small, so a falling curve
+    means the target features are moving towards the source ones and a rising one that
+    the critic separates the domains better. Near 0 the critic finds no difference; below
+    0 what it learned on training batches does not carry over to the evaluation rows (the
+    distance itself is never negative). The epoch-0 value comes from untrained critics.
+
     Returns:
         The PNG path, or ``None`` when the history holds no finite estimate (a method
         without critics, such as finetune); nothing is written then.
     """
-    series = history_series(history, "train", "wasserstein")
-    series = {task: values for task, values in series.items() if _finite(values)}
-    if not series:
-        return None
-    epochs = epochs_of(history)
-    figure, axes = _new_figure(1, 1, (5.5, 3.6))
-    axis = axes[0][0]
-    for task, values in series.items():
-        axis.plot(epochs, values, marker="o", label=f"{task} critic")
-    axis.axhline(0.0, color="grey", linewidth=0.8)
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("Wasserstein estimate")
-    axis.set_title("critic estimate of source-target distance")
-    axis.legend(fontsize="small")
-    if title:
-        figure.suptitle(title)
-    return _save(figure, path)
+    figure = wasserstein_figure(history, title)
+    return None if figure is None else _save(figure, path)
 
 
-def plot_metric_by_fraction(
-    summaries: Sequence[GroupSummary], path: str | Path, metric: str = "auc"
-) -> Path:
-    """Plot a metric's mean against target fraction, one line per method, with 95 % bars.
+def clipped_errors(
+    means: Sequence[float], half_widths: Sequence[float], low: float, high: float
+) -> tuple[list[float], list[float]]:
+    """Lengths below and above each mean of interval bars clipped to ``[low, high]``.
 
-    One panel per (task, model): tasks down, models across. The fraction axis is
-    logarithmic when the fractions span more than a factor of 10. The methods' points are
-    drawn a little apart along that axis (up to 3 % of the fraction either way) so that their
-    bars do not hide each other.
+    A NaN half width (fewer than two seeds) draws no bar.
+
+    Example:
+        >>> below, above = clipped_errors([0.98, 0.5], [0.05, 0.1], 0.0, 1.0)
+        >>> [round(value, 9) for value in below + above]  # bars 0.93..1.0 and 0.4..0.6
+        [0.05, 0.1, 0.02, 0.1]
+    """
+    below, above = [], []
+    for mean, half_width in zip(means, half_widths, strict=True):
+        width = half_width if math.isfinite(half_width) else 0.0
+        below.append(max(mean - max(mean - width, low), 0.0))
+        above.append(max(min(mean + width, high) - mean, 0.0))
+    return below, above
+
+
+def metric_by_fraction_figure(summaries: Sequence[GroupSummary], metric: str = "auc") -> Figure:
+    """The figure :func:`plot_metric_by_fraction` writes, laid out but not saved.
 
     Raises:
         DataError: no summary holds ``metric``.
     """
     rows = [item for item in summaries if item.metric == metric]
     if not rows:
-        raise DataError(f"no {metric!r} results to plot for {path}")
+        raise DataError(f"no {metric!r} results to plot")
+    low, high = METRIC_RANGES.get(metric, (-math.inf, math.inf))
     tasks = list(dict.fromkeys(item.task for item in rows))
     models = list(dict.fromkeys(item.model for item in rows))
     methods = list(dict.fromkeys(item.method for item in rows))
@@ -189,14 +256,14 @@ def plot_metric_by_fraction(
                 )
                 if not points:
                     continue
-                errors = [
-                    summary.half_width if math.isfinite(summary.half_width) else 0.0
-                    for _, summary in points
-                ]
+                means = [summary.mean for _, summary in points]
+                below, above = clipped_errors(
+                    means, [summary.half_width for _, summary in points], low, high
+                )
                 axis.errorbar(
                     [fraction * dodge for fraction, _ in points],
-                    [summary.mean for _, summary in points],
-                    yerr=errors,
+                    means,
+                    yerr=[below, above],
                     marker="o",
                     capsize=3,
                     label=method,
@@ -207,7 +274,28 @@ def plot_metric_by_fraction(
             axis.set_ylabel(METRIC_LABELS.get(metric, metric))
             axis.set_title(f"{model}: {task}", fontsize="medium")
             axis.legend(fontsize="small")
-    return _save(figure, path)
+    figure.tight_layout()
+    return figure
+
+
+def plot_metric_by_fraction(
+    summaries: Sequence[GroupSummary], path: str | Path, metric: str = "auc"
+) -> Path:
+    """Plot a metric's mean against target fraction, one line per method, with 95 % bars.
+
+    One panel per (task, model): tasks down, models across. The fraction axis is
+    logarithmic when the fractions span more than a factor of 10. The methods' points are
+    drawn a little apart along that axis (up to 3 % of the fraction either way) so that their
+    bars do not hide each other. Bars are drawn clipped to the values the metric can take
+    (``[0, 1]`` for AUC and group AUC, ``[0, inf)`` for log-loss); a t interval of a few
+    seeds can reach past them, and the tables keep the unclipped bounds.
+
+    Raises:
+        DataError: no summary holds ``metric``.
+    """
+    if not any(item.metric == metric for item in summaries):
+        raise DataError(f"no {metric!r} results to plot for {path}")
+    return _save(metric_by_fraction_figure(summaries, metric), path)
 
 
 @dataclass
@@ -314,6 +402,7 @@ def plot_projections(
                 f"{task}, {label}\ncentroid gap {projection.centroid_gap:.3f}", fontsize="medium"
             )
             axis.legend(fontsize="small", markerscale=3)
+    figure.tight_layout()
     return _save(figure, path)
 
 
