@@ -3,7 +3,7 @@
 Steps, with bounded memory whatever the input size (DuckDB streams and spills):
 
 1. each domain's train and test split is staged and checked (:mod:`taa.data.readers`,
-   :mod:`taa.data.validate`; raw Tianchi splits optionally with the ``arrow`` engine, see
+   :mod:`taa.data.validate`; raw Tianchi splits with the ``arrow`` engine by default, see
    :mod:`taa.data.readers.tianchi`);
 2. one pass over the train splits of all domains gives the vocabulary (every categorical
    value seen in training; test values are never added) and the numerical statistics;
@@ -107,11 +107,12 @@ class PrepareConfig:
     )
     threads: int = field(default=0, metadata=_option("DuckDB threads; 0 uses every core."))
     engine: str = field(
-        default="duckdb",
+        default="arrow",
         metadata=_option(
-            "How raw Tianchi splits are joined: arrow (Arrow batches joined in NumPy, in "
-            "file order; hands input it does not handle to duckdb) or duckdb (join and "
-            "sort in DuckDB). Same rows and vocabulary; statistics to the last digits.",
+            "How raw Tianchi splits are joined: arrow (the default: Arrow batches joined in "
+            "NumPy, in file order; hands input it does not handle to duckdb) or duckdb "
+            "(join and sort in DuckDB). Same rows and vocabulary; statistics to the last "
+            "digits.",
             ENGINES,
         ),
     )

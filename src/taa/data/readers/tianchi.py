@@ -19,8 +19,8 @@ community does (1-based column numbers):
 
 Zips are extracted by stream copy into the scratch folder and parsed by DuckDB. With the
 ``duckdb`` engine both files are staged as Parquet and joined (and sorted back into item
-order) there, so memory stays bounded whatever the size of the download (the default).
-With the ``arrow`` engine the page file is held as NumPy arrays sorted by page id and the items
+order) there, so memory stays bounded whatever the size of the download. With the ``arrow``
+engine (the default) the page file is held as NumPy arrays sorted by page id and the items
 stream through in Arrow batches, checked, joined by binary search and staged already in
 item order; a split it does not handle (see :func:`_arrow_split`) goes to the ``duckdb``
 engine, so both give the same prepared rows and the same messages.
