@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 
 from taa.cli.main import main
 from taa.errors import DataError
+from taa.experiments.grid import cell_dir, cells_of
+from taa.experiments.grid_config import grid_config_from_dict
 from taa.experiments.plots import (
     PNG_SIGNATURE,
     metric_by_fraction_figure,
@@ -314,3 +317,129 @@ def test_report_command_writes_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (tmp_path / "out" / "report.html").is_file()
     assert (tmp_path / "out" / "report.md").is_file()
     assert "run report:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("method", "wasserstein", "words"),
+    [("finetune", False, "(1 plot)"), ("taa", True, "(2 plots)")],
+)
+def test_report_command_counts_plots_in_words(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    method: str,
+    wasserstein: bool,
+    words: str,
+) -> None:
+    """Check that `taa report` says "1 plot" for one plot and "2 plots" for two."""
+    run = make_run(tmp_path / "run", method, wasserstein=wasserstein)
+    main(["report", str(run)])
+    assert capsys.readouterr().out.splitlines()[-1].endswith(words)
+
+
+def test_report_log_line_counts_plots_in_words(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Check that the report's log line says "(1 plot)", not "(1 plots)"."""
+    with caplog.at_level(logging.INFO, logger="taa.experiments.report"):
+        write_report(make_run(tmp_path / "run", "finetune", wasserstein=False))
+    assert caplog.messages[-1].endswith("(1 plot)")
+
+
+def make_grid(folder: Path, seeds: list[int], finished_cells: int) -> Path:
+    """A grid folder of one model, one method, one fraction and ``seeds`` (a cell each), the
+    first ``finished_cells`` cells with a finished run folder.
+    """
+    config = grid_config_from_dict(
+        {
+            "data": {"simulate": True, "source": "es", "target": "us"},
+            "models": ["mmoe"],
+            "methods": ["taa"],
+            "fractions": [0.5],
+            "seeds": seeds,
+        }
+    )
+    folder.mkdir(parents=True)
+    (folder / "grid.json").write_text(json.dumps({"kind": "grid", "config": config.to_dict()}))
+    for cell in cells_of(config)[:finished_cells]:
+        make_run(cell_dir(folder, cell))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("seeds", "words"), [([0], "1 of 1 cell finished"), ([0, 1], "1 of 2 cells finished")]
+)
+def test_grid_report_counts_cells_in_words(tmp_path: Path, seeds: list[int], words: str) -> None:
+    """Check that a grid report with one cell finished says "1 of 1 cell", "1 of 2 cells"."""
+    result = write_report(make_grid(tmp_path / "grid", seeds, finished_cells=1))
+    assert f"{words}: models ['mmoe']" in result.markdown.read_text()
+
+
+def test_grid_report_says_plot_bars_are_clipped(tmp_path: Path) -> None:
+    """Check that the grid report's AUC plot caption says its bars are clipped, not the table."""
+    markdown = write_report(
+        make_grid(tmp_path / "grid", [0], finished_cells=1)
+    ).markdown.read_text()
+    assert (
+        "_AUC against target fraction (mean over seeds, 95 % interval). Bars are drawn clipped "
+        "to [0, 1]; the table gives the unclipped interval._"
+    ) in markdown
+
+
+def test_report_refuses_run_folder_without_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Check that `taa report` on a run folder with no epoch yet exits 2, names the folder and
+    the files it looked for, and writes nothing.
+    """
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"command": "adapt", "model": "mmoe"}))
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(SystemExit) as raised:
+        main(["report", str(run), "--out", str(tmp_path / "out")])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert f"error: {run}: no run metrics to report: no final_metrics.json and no epoch" in error
+    assert sorted(path.name for path in tmp_path.rglob("*")) == [
+        "config.json",
+        "metrics.jsonl",
+        "run",
+    ]
+
+
+def test_report_refuses_grid_without_finished_cell(tmp_path: Path) -> None:
+    """Check that a grid none of whose cells finished is refused before anything is written."""
+    grid = make_grid(tmp_path / "grid", [0, 1], finished_cells=0)
+    with pytest.raises(
+        DataError, match=r"grid: no run metrics to report: none of the grid's 2 cells has "
+    ):
+        write_report(grid)
+    assert [path.name for path in grid.iterdir()] == ["grid.json"]
+
+
+def test_report_refuses_demo_without_run_metrics(tmp_path: Path) -> None:
+    """Check that a demo whose listed runs hold no metrics is refused, naming the run folders."""
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    manifest = {"kind": "demo", "runs": {"pretrain": "runs/pretrain-mmoe", "taa": "runs/taa"}}
+    (demo / "demo.json").write_text(json.dumps(manifest))
+    (demo / "runs" / "taa").mkdir(parents=True)
+    (demo / "runs" / "taa" / "config.json").write_text("{}")
+    with pytest.raises(DataError, match=r"none of the 2 run folders listed in demo\.json \("):
+        write_report(demo)
+    assert not (demo / "report").exists()
+
+
+def test_report_of_unfinished_run_with_epochs_is_written(tmp_path: Path) -> None:
+    """Check that a run still training (epoch records, no final metrics) is still reported."""
+    run = make_run(tmp_path / "run")
+    (run / "final_metrics.json").unlink()
+    result = write_report(run)
+    assert "The run has not finished: no final_metrics.json yet." in result.markdown.read_text()
+
+
+def test_run_report_captions_the_wasserstein_sign(run_report: ReportResult) -> None:
+    """Check that the Wasserstein plot's caption gives the difference and who raises it."""
+    markdown = run_report.markdown.read_text()
+    assert "mean critic(source) - mean critic(target), on the target validation rows" in markdown
+    assert "The critic is trained to raise it and the encoder" in markdown

@@ -25,10 +25,12 @@ import click
 def command(folder: Path, out: Path | None, projection_rows: int) -> None:
     """Write a self-contained HTML report (plots embedded) and a Markdown one for FOLDER.
 
-    FOLDER is a run folder (from pretrain or adapt), a demo folder or a grid folder.
+    FOLDER is a run folder (from pretrain or adapt), a demo folder or a grid folder. A
+    folder holding no run metrics yet is refused (exit status 2) and nothing is written.
     """
     from taa.experiments.report import write_report
+    from taa.experiments.tables import count_of
 
     result = write_report(folder, out, projection_rows=projection_rows)
     click.echo(f"{result.kind} report: {result.html}")
-    click.echo(f"markdown:      {result.markdown} ({len(result.images)} plots)")
+    click.echo(f"markdown:      {result.markdown} ({count_of(len(result.images), 'plot')})")

@@ -10,6 +10,10 @@ opens anywhere with nothing beside it. The Markdown file links the same PNGs, wr
   after adaptation, then each run;
 * a grid folder (``grid.json``): the summary over seeds and the metrics against target
   fraction.
+
+A folder holding no run metrics at all (a run that has not finished an epoch, a demo or
+grid none of whose runs has) is refused with a :class:`~taa.errors.DataError` before anything
+is written.
 """
 
 from __future__ import annotations
@@ -27,21 +31,33 @@ from typing import Any
 from taa.errors import DataError
 from taa.experiments.results import (
     DEMO_MANIFEST,
+    FINAL_METRICS_FILE,
     GRID_MANIFEST,
+    HISTORY_FILE,
+    has_run_metrics,
     is_finished,
     is_run_folder,
     read_final_metrics,
     read_history,
     read_json,
 )
-from taa.experiments.tables import Table, comparison_table, format_number
-from taa.io import atomic_write_text
+from taa.experiments.tables import Table, comparison_table, count_of, format_number
+from taa.io import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 REPORT_FOLDER = "report"
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
+WASSERSTEIN_CAPTION = (
+    "Each task critic's Wasserstein estimate, mean critic(source) - mean critic(target), on "
+    "the target validation rows and up to 4,096 source train rows. The critic is trained to "
+    "raise it and the encoder (through the adversarial term) to lower it: a falling curve "
+    "means the target features move towards the source ones, or that the critic falls "
+    "behind; a rising one that the critic tells the domains apart better. Near 0 the critic "
+    "finds no difference; below 0 what it learned does not carry over to these rows (the "
+    "distance itself is never negative). Epoch 0 is scored by untrained critics."
+)
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -131,9 +147,14 @@ def write_report(
         out: where to write; default ``FOLDER/report``.
         projection_rows: rows per domain in the demo's feature projection (0 leaves it out).
         title: page title; default names the kind and folder.
+
+    Raises:
+        DataError: the folder is no run, demo or grid folder, or holds no run metrics
+            (see :func:`require_metrics`); nothing is written then.
     """
     folder = Path(folder)
     kind = detect_kind(folder)
+    require_metrics(folder, kind)
     out = Path(out) if out is not None else folder / REPORT_FOLDER
     plots = out / "plots"
     builders: dict[str, Callable[[], list[Section]]] = {
@@ -149,8 +170,70 @@ def write_report(
     atomic_write_text(markdown_path, markdown)
     atomic_write_text(html_path, page)
     images = [image.path for section in _walk(sections) for image in section.images]
-    logger.info("wrote %s and %s (%d plots)", html_path, markdown_path, len(images))
+    logger.info("wrote %s and %s (%s)", html_path, markdown_path, count_of(len(images), "plot"))
     return ReportResult(kind, html_path, markdown_path, images)
+
+
+def require_metrics(folder: Path, kind: str) -> None:
+    """Refuse a folder that holds no run metrics, so that no empty report is written.
+
+    A run needs ``final_metrics.json`` or an epoch record in ``metrics.jsonl``; a demo, one
+    such run among those its ``demo.json`` lists; a grid, one cell with
+    ``final_metrics.json`` (the grid's tables are made of finished cells only).
+
+    Raises:
+        DataError: naming the folder, what was looked for and where, and what to run.
+    """
+    if kind == "run":
+        if has_run_metrics(folder):
+            return
+        raise DataError(
+            f"{folder}: no run metrics to report: no {FINAL_METRICS_FILE} and no epoch record "
+            f"in {HISTORY_FILE}. The run has not finished an epoch: wait until it has, resume "
+            "it with --resume, or point to a finished run folder"
+        )
+    if kind == "demo":
+        runs = _demo_runs(folder, read_json(folder / DEMO_MANIFEST))
+        if any(path.is_dir() and has_run_metrics(path) for path in runs.values()):
+            return
+        raise DataError(
+            f"{folder}: no run metrics to report: none of the {count_of(len(runs), 'run folder')} "
+            f"listed in {DEMO_MANIFEST} ({', '.join(str(path) for path in runs.values())}) holds "
+            f"{FINAL_METRICS_FILE} or an epoch record in {HISTORY_FILE}; run the same "
+            f"`taa demo --out {folder}` again to finish it"
+        )
+    from taa.experiments.grid import cell_dir
+
+    _, cells = _grid_plan(folder)
+    if any(is_finished(cell_dir(folder, cell)) for cell in cells):
+        return
+    raise DataError(
+        f"{folder}: no run metrics to report: none of the grid's {count_of(len(cells), 'cell')} "
+        f"has {FINAL_METRICS_FILE} (looked in {folder / 'runs'}/MODEL/METHOD/fFRACTION/sSEED); "
+        f"run `taa grid CONFIG --out {folder}` to train them"
+    )
+
+
+def _demo_runs(folder: Path, manifest: dict[str, Any]) -> dict[str, Path]:
+    """Method -> run folder of a demo, from its manifest's ``runs`` (relative paths)."""
+    runs = manifest.get("runs", {})
+    if not isinstance(runs, dict):
+        raise DataError(
+            f"{folder / DEMO_MANIFEST}: 'runs' must map methods to run folders, got "
+            f"{type(runs).__name__}; run `taa demo --out {folder}` again"
+        )
+    return {str(method): folder / str(path) for method, path in runs.items()}
+
+
+def _grid_plan(folder: Path) -> tuple[Any, list[Any]]:
+    """The grid config and cells recorded in ``FOLDER/grid.json``."""
+    from taa.experiments.grid import cells_of, grid_config_from_dict
+
+    manifest = read_json(folder / GRID_MANIFEST)
+    if not isinstance(manifest.get("config"), dict):
+        raise DataError(f"{folder / GRID_MANIFEST}: no 'config' entry; run the grid again")
+    config = grid_config_from_dict(manifest["config"], source=str(folder / GRID_MANIFEST))
+    return config, cells_of(config)
 
 
 def _walk(sections: list[Section]) -> list[Section]:
@@ -224,9 +307,7 @@ def run_sections(
         section.images.append(Image(curves, "Training loss and validation metrics per epoch."))
         distance = plot_wasserstein(history, plots / f"{stem}-wasserstein.png", title=label)
         if distance is not None:
-            section.images.append(
-                Image(distance, "Each task critic's Wasserstein estimate (source - target).")
-            )
+            section.images.append(Image(distance, WASSERSTEIN_CAPTION))
     else:
         section.paragraphs.append("No epoch history (metrics.jsonl) to plot.")
     return [section]
@@ -237,7 +318,7 @@ def demo_sections(folder: Path, plots: Path, projection_rows: int) -> list[Secti
     from taa.experiments.plots import plot_feature_projection
 
     manifest = read_json(folder / DEMO_MANIFEST)
-    runs = {method: folder / path for method, path in manifest.get("runs", {}).items()}
+    runs = _demo_runs(folder, manifest)
     finished = {
         method: read_final_metrics(path)
         for method, path in runs.items()
@@ -291,36 +372,33 @@ def demo_sections(folder: Path, plots: Path, projection_rows: int) -> list[Secti
 
 def grid_sections(folder: Path, plots: Path) -> list[Section]:
     """Sections of a grid folder: the summary over seeds and the metrics against fraction."""
-    from taa.experiments.grid import (
-        cell_dir,
-        cells_of,
-        grid_config_from_dict,
-        summary_table,
-        write_grid_results,
-    )
+    from taa.experiments.grid import cell_dir, summary_table, write_grid_results
 
-    manifest = read_json(folder / GRID_MANIFEST)
-    if not isinstance(manifest.get("config"), dict):
-        raise DataError(f"{folder / GRID_MANIFEST}: no 'config' entry; run the grid again")
-    config = grid_config_from_dict(manifest["config"], source=str(folder / GRID_MANIFEST))
-    cells = cells_of(config)
+    config, cells = _grid_plan(folder)
     result = write_grid_results(folder, config, cells)
     finished = sum(is_finished(cell_dir(folder, cell)) for cell in cells)
 
     summary = Section(f"Grid: {config.data.describe()}")
     summary.paragraphs.append(
-        f"{finished} of {len(cells)} cells finished: models {list(config.models)}, methods "
-        f"{list(config.methods)}, target fractions {list(config.fractions)}, seeds "
-        f"{list(config.seeds)}. Metrics on the target test split."
+        f"{finished} of {count_of(len(cells), 'cell')} finished: models "
+        f"{list(config.models)}, methods {list(config.methods)}, target fractions "
+        f"{list(config.fractions)}, seeds {list(config.seeds)}. Metrics on the target test "
+        "split."
     )
     summary.tables.append(summary_table(result.summaries, config.source_per_seed, result.unchanged))
     for path in result.plots:
-        metric = "AUC" if path.name.startswith("auc") else "log-loss"
+        auc = path.name.startswith("auc")
         copy = plots / path.name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, copy)
+        with atomic_path(copy) as temporary:
+            shutil.copyfile(path, temporary)
+        bounds = "[0, 1]" if auc else "values of 0 or more"
         summary.images.append(
-            Image(copy, f"{metric} against target fraction (mean over seeds, 95 % interval).")
+            Image(
+                copy,
+                f"{'AUC' if auc else 'log-loss'} against target fraction (mean over seeds, 95 % "
+                f"interval). Bars are drawn clipped to {bounds}; the table gives the unclipped "
+                "interval.",
+            )
         )
     return [summary]
 

@@ -76,6 +76,15 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / FINAL_METRICS_FILE).is_file()
 
 
+def has_run_metrics(run_dir: str | Path) -> bool:
+    """Whether a run folder holds anything to report: final metrics or an epoch record.
+
+    Raises:
+        DataError: ``metrics.jsonl`` holds a malformed line (see :func:`read_history`).
+    """
+    return is_finished(run_dir) or bool(read_history(run_dir))
+
+
 def as_float(value: Any) -> float:
     """A metric value as a float; ``None`` and strings such as ``"NaN"`` become NaN."""
     if value is None:

@@ -12,6 +12,20 @@ from taa.experiments.results import RunSummary
 MISSING = "n/a"
 
 
+def count_of(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun``, the noun in the plural unless ``count`` is 1.
+
+    Example:
+        >>> count_of(1, "plot"), count_of(0, "plot"), count_of(3, "run folder")
+        ('1 plot', '0 plots', '3 run folders')
+        >>> count_of(2, "matrix", "matrices")
+        '2 matrices'
+    """
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {plural if plural is not None else noun + 's'}"
+
+
 def format_number(value: float | int | str | None, digits: int = 4) -> str:
     """Format a table cell: floats with ``digits`` decimals, NaN and ``None`` as ``n/a``.
 
