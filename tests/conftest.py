@@ -1,17 +1,44 @@
-"""Shared fixtures: the real AliExpress rows and a writer of small raw Tianchi downloads."""
+"""Shared fixtures: the real AliExpress rows, a writer of small raw Tianchi downloads, and
+the restoring of torch's thread counts after every test.
+"""
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import torch
+
+pytest_plugins = ("pytester",)
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aliexpress-real"
 
 USER_CATEGORICAL = (2, 3, 4, 5, 6, 7, 8, 32, 33)
 ITEM_CATEGORICAL = (19, 34, 35, 36, 40, 41, 42)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Put torch's intra-op and inter-op thread counts back as they were before each test.
+
+    ``--threads N`` (``apply_threads``) sets torch's process-wide count, which would
+    otherwise stay for every later test. The inter-op count can only be set before torch's
+    first parallel work, so a test that changed it anyway fails here, by name.
+    """
+    threads, interop = torch.get_num_threads(), torch.get_num_interop_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != interop:
+        try:
+            torch.set_num_interop_threads(interop)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"{request.node.nodeid} changed torch's inter-op threads from {interop} to "
+                f"{torch.get_num_interop_threads()}, which cannot be undone ({error})"
+            ) from error
 
 
 @pytest.fixture(scope="session")

@@ -92,7 +92,9 @@ def evaluate_model(
     """Per task ``auc``, ``logloss``, ``gauc``, ``rows``, ``positives`` of ``model`` on ``split``.
 
     A task whose labels are all one class gets ``nan`` AUC and an
-    :class:`~taa.errors.UndefinedMetricWarning` naming the task (when ``warn``).
+    :class:`~taa.errors.UndefinedMetricWarning` naming the task (when ``warn``), given once
+    per process for each split and task: evaluating the split again only logs it at DEBUG
+    level (see :mod:`taa.train.metrics`).
 
     Under data-parallel training ``split`` is this rank's share of the rows: the scores,
     labels and groups of every rank are gathered first, and the metrics are those of all

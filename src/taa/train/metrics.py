@@ -13,12 +13,18 @@ batches or chunks: the AUC of a union is not the mean of the AUCs of its parts.
 
 An undefined metric (AUC of a split with one class, GAUC without any group holding both
 classes) is ``nan`` and raises an :class:`~taa.errors.UndefinedMetricWarning` naming the
-task; it never raises an error.
+task and the split; it never raises an error. Each such warning is given once per process:
+the same metric of the same task on the same split, evaluated again (every epoch, by every
+run of a grid), is only logged at DEBUG level. Like Python's own once-only warnings, the
+record starts afresh when the warning filters change (``warnings.catch_warnings``,
+``warnings.simplefilter``), and :func:`reset_undefined_metric_warnings` clears it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +33,43 @@ import numpy as np
 
 from taa.errors import DataError, UndefinedMetricWarning
 
+logger = logging.getLogger(__name__)
+
 PROBABILITY_CLIP = 1e-7
+
+# Messages of the undefined-metric warnings given so far, and the warning filters they were
+# given under (the list object and its contents): a change of filters empties the record.
+_given_lock = threading.Lock()
+_given: set[str] = set()
+_given_under: tuple[list[Any] | None, tuple[Any, ...]] = (None, ())
+
+
+def reset_undefined_metric_warnings() -> None:
+    """Forget which undefined-metric warnings were given, so each is given once more."""
+    global _given_under
+    with _given_lock:
+        _given.clear()
+        _given_under = (None, ())
+
+
+def _warn_once(message: str) -> None:
+    """Raise an :class:`UndefinedMetricWarning` the first time ``message`` comes up.
+
+    Repeats are logged at DEBUG level. The record is emptied when ``warnings.filters`` has
+    been replaced or changed since the last call, as Python does with its own registries.
+    """
+    global _given_under
+    filters = warnings.filters
+    with _given_lock:
+        if _given_under[0] is not filters or _given_under[1] != tuple(filters):
+            _given.clear()
+            _given_under = (filters, tuple(filters))
+        first = message not in _given
+        _given.add(message)
+    if first:
+        warnings.warn(message, UndefinedMetricWarning, stacklevel=3)
+    else:
+        logger.debug("again (warned once already): %s", message)
 
 
 def _as_vectors(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +210,8 @@ def task_metrics(
         groups: ``[R]`` group key.
         tasks: the T task names.
         where: words naming the split in warnings (``"B/test"``).
-        warn: raise :class:`~taa.errors.UndefinedMetricWarning` for undefined metrics.
+        warn: raise :class:`~taa.errors.UndefinedMetricWarning` for undefined metrics,
+            once per process for each split, task and metric (see the module's notes).
 
     Returns:
         ``{task: {"auc", "logloss", "gauc", "rows", "positives"}}``.
@@ -194,19 +237,15 @@ def task_metrics(
         auc = roc_auc(task_labels, task_scores)
         gauc = group_auc(task_labels, task_scores, groups)
         if warn and math.isnan(auc):
-            warnings.warn(
+            _warn_once(
                 f"AUC of task {task!r} is undefined on {where or 'this split'}: all "
                 f"{task_labels.size} rows have label {int(task_labels[0]) if positives else 0} "
-                "(one class only); reported as NaN",
-                UndefinedMetricWarning,
-                stacklevel=2,
+                "(one class only); reported as NaN"
             )
         elif warn and math.isnan(gauc):
-            warnings.warn(
+            _warn_once(
                 f"group AUC of task {task!r} is undefined on {where or 'this split'}: no "
-                "group holds both a positive and a negative; reported as NaN",
-                UndefinedMetricWarning,
-                stacklevel=2,
+                "group holds both a positive and a negative; reported as NaN"
             )
         results[task] = {
             "auc": auc,
