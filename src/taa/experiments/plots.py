@@ -115,7 +115,9 @@ def training_curves_figure(history: list[dict[str, Any]], title: str = "") -> Fi
         loss_axis.plot(epochs, values, marker=".", label=f"{task} task loss")
     for task, values in _validation_series(history, "logloss").items():
         if _finite(values):
-            loss_axis.plot(epochs, values, linestyle="--", label=f"{task} valid log-loss")
+            loss_axis.plot(
+                epochs, values, linestyle="--", marker="x", label=f"{task} valid log-loss"
+            )
     for task, values in _validation_series(history, "auc").items():
         auc_axis.plot(epochs, values, marker="o", label=f"{task} valid AUC")
 
