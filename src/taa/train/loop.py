@@ -282,8 +282,8 @@ def fit(
     if parts.start_from_model and state.best_epoch == 0:
         warnings.warn(
             f"no epoch of training beat the starting model on the validation split "
-            f"({state.epoch} epochs); the best checkpoint of {run.path} is the unchanged "
-            "starting model",
+            f"({state.epoch} epoch{'' if state.epoch == 1 else 's'}); the best checkpoint of "
+            f"{run.path} is the unchanged starting model",
             ConvergenceWarning,
             stacklevel=2,
         )
