@@ -424,13 +424,13 @@ def test_area_under_curve_matches_pair_counting() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"shift": 1.5}, r"option shift must be in \[0, 1\], got 1\.5"),
-        ({"countries": ("es", "e s")}, r"option countries: 'e s' is not a country code"),
-        ({"countries": ("es", "ES")}, r"option countries names \['es'\] more than once"),
-        ({"countries": ()}, r"option countries is empty"),
-        ({"test_fraction": 1.0}, r"test_fraction must be strictly between 0 and 1, got 1\.0"),
-        ({"conversion_rate": 0.03}, r"conversion_rate must be in \(0, click_rate=0\.02\)"),
-        ({"layout": "zip"}, r"layout must be one of \['both', 'raw', 'processed'\], got 'zip'"),
+        ({"shift": 1.5}, r"option --shift must be in \[0, 1\], got 1\.5"),
+        ({"countries": ("es", "e s")}, r"option --countries: 'e s' is not a country code"),
+        ({"countries": ("es", "ES")}, r"option --countries names \['es'\] more than once"),
+        ({"countries": ()}, r"option --countries is empty"),
+        ({"test_fraction": 1.0}, r"option --test-fraction must be strictly between 0 and 1, got 1"),
+        ({"conversion_rate": 0.03}, r"option --conversion-rate must be in \(0, --click-rate 0\.02"),
+        ({"layout": "zip"}, r"option --layout must be one of \['both', 'raw', 'processed'\], got"),
     ],
 )
 def test_bad_options_are_refused(tmp_path: Path, options: dict, message: str) -> None:
@@ -479,4 +479,4 @@ def test_cli_reports_a_bad_shift_and_exits_2(
     with pytest.raises(SystemExit) as exit_info:
         main(["simulate", "--out", str(tmp_path / "sim"), "--shift", "2"])
     assert exit_info.value.code == 2
-    assert "option shift must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert "option --shift must be in [0, 1], got 2.0" in capsys.readouterr().err

@@ -147,39 +147,41 @@ class SimulateConfig:
 
     def _check(self) -> None:
         if not self.countries:
-            raise ConfigError("option countries is empty; give at least one code, e.g. es,fr")
+            raise ConfigError("option --countries is empty; give at least one code, e.g. es,fr")
         for code in self.countries:
             if not _COUNTRY_PATTERN.match(code):
                 raise ConfigError(
-                    f"option countries: {code!r} is not a country code; use 1-8 letters or "
+                    f"option --countries: {code!r} is not a country code; use 1-8 letters or "
                     "digits starting with a letter, e.g. es,fr"
                 )
         lowered = [code.lower() for code in self.countries]
         repeated = sorted({code for code in lowered if lowered.count(code) > 1})
         if repeated:
             raise ConfigError(
-                f"option countries names {repeated} more than once (codes ignore case); "
+                f"option --countries names {repeated} more than once (codes ignore case); "
                 "give each country once"
             )
         if not 0.0 <= self.shift <= 1.0:
-            raise ConfigError(f"option shift must be in [0, 1], got {self.shift}")
+            raise ConfigError(f"option --shift must be in [0, 1], got {self.shift}")
         if self.layout not in LAYOUTS:
-            raise ConfigError(f"option layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
+            raise ConfigError(
+                f"option --layout must be one of {list(LAYOUTS)}, got {self.layout!r}"
+            )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(
-                f"option test_fraction must be strictly between 0 and 1, got {self.test_fraction}"
+                f"option --test-fraction must be strictly between 0 and 1, got {self.test_fraction}"
             )
         train_rows, test_rows = self.split_rows()
         if train_rows < 1 or test_rows < 1:
             raise ConfigError(
-                f"option rows={self.rows} with test_fraction={self.test_fraction} leaves "
+                f"option --rows {self.rows} with --test-fraction {self.test_fraction} leaves "
                 f"{train_rows} train and {test_rows} test rows; raise --rows so both have rows"
             )
         if not 0.0 < self.click_rate <= 0.5:
-            raise ConfigError(f"option click_rate must be in (0, 0.5], got {self.click_rate}")
+            raise ConfigError(f"option --click-rate must be in (0, 0.5], got {self.click_rate}")
         if not 0.0 < self.conversion_rate < self.click_rate:
             raise ConfigError(
-                f"option conversion_rate must be in (0, click_rate={self.click_rate}) since a "
+                f"option --conversion-rate must be in (0, --click-rate {self.click_rate}) since a "
                 f"purchase needs a click, got {self.conversion_rate}"
             )
 
@@ -731,7 +733,7 @@ def simulate_countries(config: SimulateConfig) -> dict[str, Path]:
     """
     if config.out.exists() and not config.overwrite:
         raise ConfigError(
-            f"option out: {config.out} already exists; pass --overwrite to replace it "
+            f"option --out: {config.out} already exists; pass --overwrite to replace it "
             "or choose another folder"
         )
     world = _world(config)
