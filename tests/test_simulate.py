@@ -428,9 +428,18 @@ def test_area_under_curve_matches_pair_counting() -> None:
         ({"countries": ("es", "e s")}, r"option --countries: 'e s' is not a country code"),
         ({"countries": ("es", "ES")}, r"option --countries names \['es'\] more than once"),
         ({"countries": ()}, r"option --countries is empty"),
-        ({"test_fraction": 1.0}, r"option --test-fraction must be strictly between 0 and 1, got 1"),
-        ({"conversion_rate": 0.03}, r"option --conversion-rate must be in \(0, --click-rate 0\.02"),
-        ({"layout": "zip"}, r"option --layout must be one of \['both', 'raw', 'processed'\], got"),
+        (
+            {"test_fraction": 1.0},
+            r"option --test-fraction must be strictly between 0 and 1, got 1\.0",
+        ),
+        (
+            {"conversion_rate": 0.03},
+            r"option --conversion-rate must be in \(0, --click-rate 0\.02\)",
+        ),
+        (
+            {"layout": "zip"},
+            r"option --layout must be one of \['both', 'raw', 'processed'\], got 'zip'",
+        ),
     ],
 )
 def test_bad_options_are_refused(tmp_path: Path, options: dict, message: str) -> None:
