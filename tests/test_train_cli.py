@@ -108,3 +108,11 @@ def test_bad_option_value_exits_with_the_message(
         main(["pretrain", "--dataset", str(dataset), "--domain", "S", "--epochs", "0"])
     assert exit_info.value.code == 2
     assert "--epochs got 0; allowed: an integer >= 1" in capsys.readouterr().err
+
+
+def test_predict_layout_choices_are_the_readers_layouts() -> None:
+    """Check that --layout of taa predict offers exactly the layouts the readers know."""
+    from taa.data.readers import LAYOUTS
+    from taa.train.config import INPUT_LAYOUTS
+
+    assert INPUT_LAYOUTS == LAYOUTS

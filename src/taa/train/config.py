@@ -28,6 +28,11 @@ RESUMABLE_CHANGES = frozenset(
 TRACKERS = ("none", "tensorboard")
 
 
+# The layouts taa.data.readers reads (its LAYOUTS; not imported here to keep this module
+# free of the data readers' imports; tests/test_train_cli.py checks they agree).
+INPUT_LAYOUTS = ("auto", "tianchi", "processed", "tabular")
+
+
 def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
     metadata: dict[str, Any] = {"help": help_text}
     if choices:
@@ -90,7 +95,10 @@ class RunOptions:
     )
     run_dir: Path | None = field(
         default=None,
-        metadata=_option("Run folder; default runs/<command>-<model>-<domains>-s<seed>."),
+        metadata=_option(
+            "Run folder; default runs/pretrain-<model>-<domain>-s<seed> or "
+            "runs/adapt-<method>-<model>-<source>-<target>-<sample>-s<seed>."
+        ),
     )
     resume: bool = field(
         default=False, metadata=_option("Continue an interrupted run in --run-dir.")
@@ -394,7 +402,13 @@ class PredictConfig:
     )
     input: Path = field(metadata=_option("File to score (any layout `taa prepare` reads)."))
     output: Path = field(metadata=_option("Output file; .csv or .parquet decides the format."))
-    layout: str = field(default="auto", metadata=_option("Input layout; auto detects it."))
+    layout: str = field(
+        default="auto",
+        metadata=_option(
+            "Input layout; auto detects it (a raw Tianchi download: its test split is scored).",
+            INPUT_LAYOUTS,
+        ),
+    )
     batch_size: int = field(default=8192, metadata=_option("Rows scored per forward pass."))
     device: str = field(default="auto", metadata=_option("Where to score.", DEVICES))
     precision: str = field(default="fp32", metadata=_option("Autocast precision.", PRECISIONS))
