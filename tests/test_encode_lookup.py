@@ -50,3 +50,30 @@ def test_lookup_and_enum_give_the_same_indices(tmp_path: Path, column_type: str)
             sql = _category_code("f", types["f"], integer)
             rows = session.rows(f"SELECT coalesce({sql}, 0) FROM t ORDER BY i", "test")
             assert [row[0] for row in rows] == expected, (column_type, integer)
+
+
+def test_prepared_rows_keep_their_order_through_the_enum_path(tmp_path: Path) -> None:
+    """Check that a text field and an integer field too wide for a lookup table (both on
+    the ENUM path) encode to the hand-worked indices, rows in file order, unseen values 0."""
+    import pyarrow.parquet as pq
+
+    from taa.data.prepare import PrepareConfig, prepare_dataset
+
+    wide = 1 << 20  # codes 0 and 2**20 span more than LOOKUP_SPAN values
+    train = f"g,shop,code,x,y\n1,b,0,0.5,1\n1,a,{wide},0.25,0\n2,c,0,0.75,0\n"
+    # test rows: shop z and code 7 were never seen; order deliberately not sorted
+    test = f"g,shop,code,x,y\n9,c,{wide},0.5,0\n8,z,7,0.5,1\n7,a,0,0.5,0\n7,b,7,0.5,1\n"
+    (tmp_path / "train.csv").write_text(train)
+    (tmp_path / "test.csv").write_text(test)
+    (tmp_path / "shop.yaml").write_text(
+        "group_key: g\ncategorical: [shop, code]\nnumerical: [x]\ntasks: [y]\n"
+        "train: train.csv\ntest: test.csv\n"
+    )
+    out = tmp_path / "data"
+    prepare_dataset(PrepareConfig(out=out, domains=(f"S={tmp_path / 'shop.yaml'}",), quiet=True))
+    table = pq.read_table(out / "S" / "test.parquet").to_pydict()
+    # vocabulary: shop a=1, b=2, c=3; code 0=1, 1048576=2 (integers by value)
+    assert table["g"] == [9, 8, 7, 7]
+    assert table["shop"] == [3, 0, 1, 2]
+    assert table["code"] == [2, 0, 1, 0]
+    assert table["y"] == [0, 1, 0, 1]
