@@ -473,10 +473,16 @@ def csv_value(column: Column, table: TableFile, source: str) -> str:
         return name
     as_int, as_double = f"TRY_CAST({name} AS BIGINT)", f"TRY_CAST({name} AS DOUBLE)"
     marker = sql_string(f"{_NOT_INTEGER}\t{column.source}\t")
+    # A nonzero digit after the point (without an exponent) is a fraction, even where the
+    # double rounds it away (3.000000000000000001, 9007199254740993.5).
+    fraction = (
+        f"CASE WHEN strpos({name}, '.') > 0 AND NOT regexp_matches({name}, '[eE]') "
+        f"THEN regexp_matches({name}, '\\.[0-9]*[1-9]') ELSE false END"
+    )
     return (
         f"CASE WHEN {name} IS NULL OR trim({name}) = '' THEN NULL "
         f"WHEN {as_int} IS NULL OR {as_double} IS DISTINCT FROM CAST({as_int} AS DOUBLE) "
-        f"THEN error({marker} || {name}) ELSE {as_int} END"
+        f"OR {fraction} THEN error({marker} || {name}) ELSE {as_int} END"
     )
 
 
