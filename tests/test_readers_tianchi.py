@@ -152,6 +152,23 @@ def test_inner_zip_without_the_csv(raw_country, tmp_path: Path) -> None:
         _read(folder, tmp_path)
 
 
+def test_inner_zip_with_two_candidate_csvs(raw_country, tmp_path: Path) -> None:
+    """Check that an inner zip holding two CSVs that end in the part's name is refused (the
+    outer zip and folders refuse the same), naming both, rather than one read silently."""
+    folder = raw_country.write(tmp_path / "raw", _parts(raw_country), form="inner")
+    with zipfile.ZipFile(folder / "nl_user_train.zip") as archive:
+        text = archive.read(archive.namelist()[0])
+    with zipfile.ZipFile(folder / "nl_user_train.zip", "w") as archive:
+        archive.writestr("a/nl_user_train.csv", text)
+        archive.writestr("b/nl_user_train.csv", text)
+    with pytest.raises(
+        DataError,
+        match=r"several members end in user_train.csv: \['a/nl_user_train.csv', "
+        r"'b/nl_user_train.csv'\]",
+    ):
+        _read(folder, tmp_path)
+
+
 def test_wrong_column_count(raw_country, tmp_path: Path) -> None:
     """Check file, line, expected and found column counts."""
     parts = _parts(raw_country)

@@ -233,7 +233,13 @@ def _extract_csv(archive_path: Path, part: str, origin: str, scratch: Path) -> t
     """Stream the CSV of ``part`` out of an inner zip into ``scratch``."""
     with _open_zip(archive_path, origin) as archive:
         names = _members(archive)
-        member = next((name for name in names if _ends_with(name, part, ".csv")), None)
+        found = [name for name in names if _ends_with(name, part, ".csv")]
+        if len(found) > 1:
+            raise DataError(
+                f"{origin}: several members end in {part}.csv: {found}; the inner zip should "
+                "hold one headerless CSV"
+            )
+        member = found[0] if found else None
         if member is None:
             raise DataError(
                 f"{origin}: no member ending in {part}.csv (it holds {names}); the inner zip "
