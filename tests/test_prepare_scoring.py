@@ -119,3 +119,19 @@ def test_header_only_file_names_the_file(dataset: Path, tmp_path: Path) -> None:
         DataError, match=r"empty.csv: no data rows; the file to score must hold at least one row"
     ):
         load_for_scoring(tmp_path / "empty.csv", dataset)
+
+
+def test_raw_download_with_empty_item_file(dataset: Path, tmp_path: Path, raw_country) -> None:
+    """Check that a raw download whose test item file is empty is refused without speaking
+    of a header (raw files have none)."""
+    parts = {
+        "user_train": [raw_country.user(9)],
+        "item_train": [raw_country.item(1, 9, 0)],
+        "user_test": [raw_country.user(3)],
+        "item_test": [],
+    }
+    source = raw_country.write(tmp_path / "raw", parts)
+    with pytest.raises(
+        DataError, match=r"item_test.csv: no data rows; .* \(the file has no header\)"
+    ):
+        load_for_scoring(source, dataset)

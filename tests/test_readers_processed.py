@@ -177,6 +177,17 @@ def test_label_outside_zero_one(tmp_path: Path) -> None:
         _load(folder, tmp_path)
 
 
+def test_empty_label(tmp_path: Path) -> None:
+    """Check that an empty click is refused as empty, with its row."""
+    rows = _rows(4)
+    rows[2][-2] = ""
+    folder = _write(tmp_path / "d", HEADER, rows)
+    with pytest.raises(
+        DataError, match=r"data row 3, column 'click': the label is empty \(1 such rows\)"
+    ):
+        _load(folder, tmp_path)
+
+
 def test_missing_group_key(tmp_path: Path) -> None:
     """Check that an empty search_id is refused."""
     rows = _rows(3)
@@ -186,11 +197,16 @@ def test_missing_group_key(tmp_path: Path) -> None:
         _load(folder, tmp_path)
 
 
+INFINITE = r"inf \(infinite, or beyond float32's range of \+-3\.4e38\)"
+
+
 @pytest.mark.parametrize(
-    ("text", "shown"), [("nan", "nan"), ("inf", "inf"), ("", "an empty value")]
+    ("text", "shown"),
+    [("nan", "nan"), ("inf", INFINITE), ("1e39", INFINITE), ("", "an empty value")],
 )
 def test_non_finite_number_fails(tmp_path: Path, text: str, shown: str) -> None:
-    """Check that NaN, infinity and empty numerical values fail by default, with a hint."""
+    """Check that NaN, infinity, a number beyond float32 and empty numerical values fail by
+    default, with a hint."""
     rows = _rows(3)
     rows[1][19] = text  # numerical_3
     folder = _write(tmp_path / "d", HEADER, rows)

@@ -188,9 +188,10 @@ def check_table(
     table = staged.table
     if staged.rows == 0:
         if domain == SCORING_DOMAIN:
+            after = "after its header" if table.header else "(the file has no header)"
             raise DataError(
                 f"{table.origin}: no data rows; the file to score must hold at least one row "
-                "after its header"
+                f"{after}"
             )
         raise DataError(
             f"{table.origin}: no data rows; the {split} split of domain {domain!r} must hold at "
@@ -256,15 +257,19 @@ def _apply_rule(
     if kind == "label":
         row, value = first()
         allowed = " or ".join(str(item) for item in table.label_values)
+        found = "the label is empty" if value is None else f"label {_value(value)} is not {allowed}"
         raise DataError(
-            f"{table.origin}: data row {row}, column {source!r}: label {_value(value)} is not "
-            f"{allowed} ({count} such rows); labels must be {allowed}: fix the file"
+            f"{table.origin}: data row {row}, column {source!r}: {found} ({count} such rows); "
+            f"labels must be {allowed}: fix the file"
         )
     if kind == "nan":
         if options.nan == "fail":
             row, value = first()
+            shown = _value(value)
+            if isinstance(value, float) and math.isinf(value):
+                shown += " (infinite, or beyond float32's range of +-3.4e38)"
             raise DataError(
-                f"{table.origin}: data row {row}, column {source!r}: {_value(value)} is not a "
+                f"{table.origin}: data row {row}, column {source!r}: {shown} is not a "
                 f"finite number ({count} NaN, infinite or empty values in this column); pass "
                 "--nan impute to replace them with the training mean, or fix the file"
             )
