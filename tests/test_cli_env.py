@@ -181,3 +181,17 @@ def test_undefined_metric_is_warned_again_after_filters_change_or_reset(how: str
         task_metrics(LABELS, PROBABILITIES, GROUPS, TASKS, where="B/test")
     expected = [B_TEST_MESSAGE] * (2 if how == "reset" else 1)
     assert (_undefined(first), _undefined(second)) == (expected, [B_TEST_MESSAGE])
+
+
+def test_taa_warnings_print_as_one_line_without_library_source() -> None:
+    """Check that the command line shows taa's warnings as one line naming the category,
+    and leaves other warnings in Python's format with their location."""
+    from taa.cli.main import format_warning
+    from taa.errors import DataRepairWarning
+
+    shown = format_warning(
+        DataRepairWarning("2 values imputed"), DataRepairWarning, "/lib/x.py", 7, "checks = ["
+    )
+    assert shown == "warning: 2 values imputed (DataRepairWarning)\n"
+    other = format_warning(UserWarning("careful"), UserWarning, "/lib/y.py", 9, "z = 1")
+    assert "/lib/y.py:9" in other and "careful" in other

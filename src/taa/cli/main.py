@@ -10,12 +10,13 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 import click
 
 from taa import __version__
-from taa.errors import TaaError
+from taa.errors import TaaError, TaaWarning
 
 # name -> (module, one-line help shown by `taa --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -75,8 +76,26 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Task-Adversarial Adaptation of multi-task recommendation models."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = format_warning
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
+
+
+def format_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """taa's own warnings as one line for people at the command line (no source line of
+    the library); other warnings keep Python's format, location included."""
+    if issubclass(category, TaaWarning):
+        return f"warning: {message} ({category.__name__})\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
 
 
 def prefer_sleeping_threads() -> None:
