@@ -166,25 +166,20 @@ def test_wrong_number_of_values(tmp_path: Path) -> None:
         _load(folder, tmp_path)
 
 
-def test_label_outside_zero_one(tmp_path: Path) -> None:
-    """Check that a click of 2 is refused with its row and the count of such rows."""
+@pytest.mark.parametrize(
+    ("row", "value", "message"),
+    [
+        (0, "2", r"data row 1, column 'click': label 2 is not 0 or 1 \(1 such rows\)"),
+        (2, "", r"data row 3, column 'click': the label is empty \(1 such rows\)"),
+    ],
+)
+def test_bad_label_refused(tmp_path: Path, row: int, value: str, message: str) -> None:
+    """Check that a click of 2, or an empty click, is refused with its row and the count of
+    such rows (an empty one said to be empty)."""
     rows = _rows(4)
-    rows[0][-2] = "2"
+    rows[row][-2] = value
     folder = _write(tmp_path / "d", HEADER, rows)
-    with pytest.raises(
-        DataError, match=r"data row 1, column 'click': label 2 is not 0 or 1 \(1 such rows\)"
-    ):
-        _load(folder, tmp_path)
-
-
-def test_empty_label(tmp_path: Path) -> None:
-    """Check that an empty click is refused as empty, with its row."""
-    rows = _rows(4)
-    rows[2][-2] = ""
-    folder = _write(tmp_path / "d", HEADER, rows)
-    with pytest.raises(
-        DataError, match=r"data row 3, column 'click': the label is empty \(1 such rows\)"
-    ):
+    with pytest.raises(DataError, match=message):
         _load(folder, tmp_path)
 
 
